@@ -1,0 +1,1 @@
+"""Phase 4 — BitNet 1.58-bit compression."""

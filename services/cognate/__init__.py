@@ -1,0 +1,1 @@
+"""Phase 1 — Cognate: three diverse TRM x Titans-MAG models."""

@@ -1,0 +1,20 @@
+"""How the runtime and the coordinator see this phase (see shared.runtime.phase)."""
+
+from agentforge.v1 import cognate_pb2, cognate_pb2_grpc
+from shared.config.schema import CognateConfig
+from shared.runtime.phase import PhaseDefinition
+
+PHASE = PhaseDefinition(
+    phase="cognate",
+    service="cognate",
+    title="Phase 1 — Cognate: three diverse TRM x Titans-MAG models",
+    config_model=CognateConfig,
+    grpc_service="agentforge.v1.CognateService",
+    spec_message=cognate_pb2.CognateSpec,
+    submit_message=cognate_pb2.CognateSubmit,
+    add_servicer=cognate_pb2_grpc.add_CognateServiceServicer_to_server,
+    depends_on=('datasets',),
+    issue=6,
+    # No runner yet: Validate checks the spec, Submit answers UNIMPLEMENTED naming issue #6.
+    runner_factory=None,
+)

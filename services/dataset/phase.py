@@ -1,0 +1,20 @@
+"""How the runtime and the coordinator see this phase (see shared.runtime.phase)."""
+
+from agentforge.v1 import dataset_pb2, dataset_pb2_grpc
+from shared.config.schema import DatasetsConfig
+from shared.runtime.phase import PhaseDefinition
+
+PHASE = PhaseDefinition(
+    phase="datasets",
+    service="dataset",
+    title="Phase 0 — datasets: curriculum, tokenizer, evaluation sets",
+    config_model=DatasetsConfig,
+    grpc_service="agentforge.v1.DatasetService",
+    spec_message=dataset_pb2.DatasetsSpec,
+    submit_message=dataset_pb2.DatasetsSubmit,
+    add_servicer=dataset_pb2_grpc.add_DatasetServiceServicer_to_server,
+    depends_on=(),
+    issue=4,
+    # No runner yet: Validate checks the spec, Submit answers UNIMPLEMENTED naming issue #4.
+    runner_factory=None,
+)

@@ -1,0 +1,1 @@
+"""Phase 3b — Quiet-STaR: baking and thought RL."""

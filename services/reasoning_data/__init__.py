@@ -1,0 +1,1 @@
+"""Phase 3a — reasoning data with thinking/strategy tokens."""

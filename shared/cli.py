@@ -1,0 +1,163 @@
+"""The `agentforge` command line.
+
+  agentforge run [--profile tiny | --config FILE]    the whole pipeline, embedded (one process)
+  agentforge serve <service> [--host H --port P]      one phase service over gRPC (what containers run)
+  agentforge artifacts ls [PREFIX]                    complete artifacts in the store
+  agentforge artifacts verify KEY|URI                 re-hash every file of an artifact
+  agentforge artifacts gc --run RUN [--dry-run]       delete a run's intermediates, keep its finals
+
+Errors print one line (the cause) and exit non-zero: 1 for a failure, 2 for bad usage/config, 3 when the
+pipeline cannot run because phases are not implemented yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from shared.errors import AgentForgeError, ConfigError, InvalidSpecError
+
+log = logging.getLogger("agentforge")
+
+EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
+
+
+def _store(args):
+    from shared.rpc.serve import DEFAULT_STORE
+    from shared.storage.factory import store_from_uri
+
+    return store_from_uri(args.store or os.environ.get("AGENTFORGE_STORE") or DEFAULT_STORE)
+
+
+# -- run --------------------------------------------------------------------------------------------
+def cmd_run(args) -> int:
+    from shared.config import config_hash, load_profile
+    from shared.runtime.phase import discover_phases
+
+    profile = load_profile(args.config or args.profile)
+    phases = discover_phases()
+    print(f"profile {profile.name} (config hash {config_hash(profile)[:12]}): {profile.description}")
+    width = max(len(p) for p in phases)
+    for name, d in phases.items():
+        after = ", ".join(d.depends_on) or "-"
+        state = "ready" if d.available else f"not available yet (issue #{d.issue})"
+        print(f"  {name:<{width}}  after {after:<27} {state}")
+    missing = [name for name, d in phases.items() if not d.available]
+    if missing:
+        print(f"error: cannot run the pipeline: phases not available yet: {', '.join(missing)}; "
+              f"the embedded coordinator that sequences them arrives with issue #3", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    print("error: cannot run the pipeline: the embedded coordinator arrives with issue #3", file=sys.stderr)
+    return EXIT_UNAVAILABLE
+
+
+# -- serve ------------------------------------------------------------------------------------------
+def cmd_serve(args) -> int:
+    from shared.rpc.serve import serve
+
+    serve(args.service, host=args.host, port=args.port, store_uri=args.store)
+    return 0
+
+
+# -- artifacts --------------------------------------------------------------------------------------
+def _key(store, key_or_uri: str) -> str:
+    return store.key_from_uri(key_or_uri) if "://" in key_or_uri else key_or_uri
+
+
+def cmd_artifacts_ls(args) -> int:
+    store = _store(args)
+    keys = store.list_artifacts(args.prefix)
+    for key in keys:
+        m = store.read_manifest(key)
+        size = sum(f["size"] for f in m.files.values())
+        print(f"{key}\t{m.kind}\t{m.retention}\t{size / 2**20:.2f} MB\t{len(m.files)} files")
+    print(f"{len(keys)} artifacts", file=sys.stderr)
+    return 0
+
+
+def cmd_artifacts_verify(args) -> int:
+    store = _store(args)
+    ref = store.ref_for(_key(store, args.artifact))
+    report = store.verify(ref)
+    print(f"ok: {ref.uri} ({report})")
+    return 0
+
+
+def cmd_artifacts_gc(args) -> int:
+    """The checklist's cleanup step: delete a run's intermediate artifacts, keep its finals."""
+    store = _store(args)
+    doomed, kept = [], []
+    for key in store.list_artifacts(""):
+        m = store.read_manifest(key)
+        if (m.producer or {}).get("run_id") != args.run:
+            continue
+        (kept if m.retention == "final" else doomed).append(key)
+    for key in doomed:
+        if args.dry_run:
+            print(f"would delete {key}")
+        else:
+            store.delete_artifact(key)
+            print(f"deleted {key}")
+    for key in kept:
+        print(f"kept {key} (final)")
+    if not doomed and not kept:
+        print(f"no artifacts of run '{args.run}'", file=sys.stderr)
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from shared.rpc.serve import add_serve_arguments
+
+    parser = argparse.ArgumentParser(prog="agentforge", description="Agent Forge pipeline")
+    parser.add_argument("--log-level", default=os.environ.get("AGENTFORGE_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the whole pipeline embedded")
+    run.add_argument("--profile", default="tiny", help="shipped profile name (ci, tiny, default)")
+    run.add_argument("--config", default=None, help="path to a profile YAML (overrides --profile)")
+    run.set_defaults(func=cmd_run)
+
+    serve = sub.add_parser("serve", help="serve one phase over gRPC")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    art = sub.add_parser("artifacts", help="inspect and clean the artifact store")
+    art.add_argument("--store", default=None, help="store URI (default $AGENTFORGE_STORE)")
+    art_sub = art.add_subparsers(dest="artifacts_command", required=True)
+    ls = art_sub.add_parser("ls", help="list complete artifacts")
+    ls.add_argument("prefix", nargs="?", default="")
+    ls.set_defaults(func=cmd_artifacts_ls)
+    verify = art_sub.add_parser("verify", help="re-hash an artifact's files")
+    verify.add_argument("artifact", help="key or URI")
+    verify.set_defaults(func=cmd_artifacts_verify)
+    gc = art_sub.add_parser("gc", help="delete a run's intermediate artifacts")
+    gc.add_argument("--run", required=True)
+    gc.add_argument("--dry-run", action="store_true")
+    gc.set_defaults(func=cmd_artifacts_gc)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from shared.telemetry.logs import configure_logging
+
+    configure_logging(args.log_level)
+    try:
+        return args.func(args)
+    except (ConfigError, InvalidSpecError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AgentForgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

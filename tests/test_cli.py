@@ -1,0 +1,86 @@
+"""The `agentforge` CLI: run says plainly what is missing, errors are one line, artifacts ls/verify/gc."""
+
+import subprocess
+import sys
+
+import torch
+
+from shared.cli import EXIT_UNAVAILABLE, EXIT_USAGE, main
+from shared.storage.local import LocalStore
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+
+
+def test_run_names_every_unavailable_phase_and_never_pretends():
+    result = run_cli("run", "--profile", "ci")
+    assert result.returncode == EXIT_UNAVAILABLE
+    assert "profile ci" in result.stdout
+    for phase in ("datasets", "cognate", "evomerge", "reasoning_data", "quietstar", "bitnet"):
+        assert phase in result.stdout
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot run the pipeline")
+
+
+def test_bad_profile_is_one_line_and_usage_exit(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\n")
+    result = run_cli("run", "--config", str(bad))
+    assert result.returncode == EXIT_USAGE
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing key" in lines[0] and "bad.yaml" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def _artifact(store, key, run_id, retention):
+    with store.open_artifact(key, kind="model", name=key.rsplit("/", 1)[-1], config={"a": 1},
+                             producer={"run_id": run_id, "phase": "cognate", "job_id": "j",
+                                       "request_id": "r", "fencing_token": 1},
+                             parents=[], retention=retention) as w:
+        w.add_tensors("model.safetensors", {"w": torch.ones(3)}, None)
+    return w.ref
+
+
+def test_artifacts_ls_verify_and_gc_keep_finals(tmp_path, capsys):
+    store = LocalStore(tmp_path / "store")
+    uri = f"file://{tmp_path / 'store'}"
+    _artifact(store, "runs/r1/cognate/model_a", "r1", "intermediate")
+    final = _artifact(store, "runs/r1/bitnet/final", "r1", "final")
+    _artifact(store, "runs/r2/cognate/model_a", "r2", "intermediate")
+
+    assert main(["artifacts", "--store", uri, "ls", "runs/"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("runs/") == 3 and "final" in out
+
+    assert main(["artifacts", "--store", uri, "verify", final.uri]) == 0
+    assert "ok:" in capsys.readouterr().out
+
+    assert main(["artifacts", "--store", uri, "gc", "--run", "r1", "--dry-run"]) == 0
+    assert "would delete runs/r1/cognate/model_a" in capsys.readouterr().out
+    assert len(store.list_artifacts("runs/")) == 3
+
+    assert main(["artifacts", "--store", uri, "gc", "--run", "r1"]) == 0
+    out = capsys.readouterr().out
+    assert "deleted runs/r1/cognate/model_a" in out and "kept runs/r1/bitnet/final" in out
+    left = sorted(store.list_artifacts("runs/"))
+    assert left == ["runs/r1/bitnet/final", "runs/r2/cognate/model_a"]
+
+
+def test_verify_of_a_corrupt_artifact_fails_with_one_line(tmp_path, capsys):
+    store = LocalStore(tmp_path / "store")
+    ref = _artifact(store, "runs/r1/x/model", "r1", "final")
+    path = tmp_path / "store" / "runs/r1/x/model/model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert main(["artifacts", "--store", f"file://{tmp_path / 'store'}", "verify", ref.uri]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "model.safetensors" in err[0]
+
+
+def test_serve_unknown_service_is_a_clear_error():
+    result = run_cli("serve", "nonsense", "--port", "0")
+    assert result.returncode == 1
+    assert "unknown phase or service 'nonsense'" in result.stderr
