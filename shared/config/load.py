@@ -10,14 +10,14 @@ Relative paths inside a profile (mirror_dir, gpt2_dir) are resolved against the 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from shared.canonical import config_hash as _hash
+from shared.canonical import dumps_canonical as canonical_json  # noqa: F401 - re-exported
 from shared.config.schema import Profile
 from shared.errors import ConfigError
 
@@ -79,15 +79,9 @@ def load_profile(name_or_path: str | Path) -> Profile:
     return profile_from_dict(data, source=source)
 
 
-def canonical_json(obj: Any) -> str:
-    """Deterministic JSON: sorted keys, no whitespace, NaN refused."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
 def config_hash(config: Profile | dict[str, Any]) -> str:
     """sha256 of the canonical JSON of a config (a Profile or any section's dict)."""
-    data = config.model_dump(mode="json") if isinstance(config, Profile) else config
-    return hashlib.sha256(canonical_json(data).encode()).hexdigest()
+    return _hash(config.model_dump(mode="json") if isinstance(config, Profile) else config)
 
 
 def resolve_path(value: str) -> Path:

@@ -27,6 +27,7 @@ from safetensors.torch import load as _st_load_bytes
 from safetensors.torch import load_file as _st_load_file
 from safetensors.torch import save as _st_save_bytes
 
+from shared.canonical import _reject_constant, dumps_canonical, loads_strict, sha256_bytes  # noqa: F401 - re-exported
 from shared.errors import InvalidSpecError, NotFoundError, UnsafeFormatError
 
 CHUNK = 1 << 20
@@ -38,10 +39,6 @@ OPTIMIZER_FORMAT = "agentforge.optimizer_state/v1"
 # --- hashing and canonical JSON ------------------------------------------------------------------------
 
 
-def sha256_bytes(data: bytes | bytearray | memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hash a file in 1 MiB chunks so a multi-GB checkpoint never sits in memory."""
     digest = hashlib.sha256()
@@ -49,28 +46,6 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _reject_constant(name: str) -> Any:
-    raise InvalidSpecError(f"{name} is not valid JSON (NaN and Infinity are refused)")
-
-
-def dumps_canonical(obj: Any) -> str:
-    """Deterministic JSON: sorted keys, no whitespace, NaN/Infinity refused, so equal data hashes equally."""
-    try:
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except ValueError as exc:
-        raise InvalidSpecError(f"cannot write canonical JSON: {exc} (NaN/Infinity are not JSON)") from exc
-    except TypeError as exc:
-        raise InvalidSpecError(f"cannot write canonical JSON: {exc}") from exc
-
-
-def loads_strict(data: str | bytes, *, name: str = "JSON document") -> Any:
-    """Parse JSON, refusing NaN/Infinity (Python's json accepts them by default)."""
-    try:
-        return json.loads(data, parse_constant=_reject_constant)
-    except ValueError as exc:  # includes UnicodeDecodeError and our own InvalidSpecError
-        raise InvalidSpecError(f"{name} is not valid JSON: {exc}") from exc
 
 
 def load_json(path: str | os.PathLike[str]) -> Any:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.errors import InvalidSpecError
-from shared.storage.formats import dumps_canonical, loads_strict, sha256_bytes
+from shared.canonical import config_hash, dumps_canonical, loads_strict
 from shared.storage.keys import validate_key
 
 MANIFEST_FORMAT = "agentforge.artifact/v1"
@@ -131,10 +131,6 @@ class FileEntry(_ReadsLikeJSON):
 
     sha256: str
     size: int
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    return sha256_bytes(dumps_canonical(config).encode("utf-8"))
 
 
 def _parse_time(value: Any) -> datetime:

@@ -6,10 +6,8 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
