@@ -1,7 +1,8 @@
 """The `agentforge` command line.
 
   agentforge run [--profile tiny | --config FILE]    the whole pipeline, embedded (one process)
-  agentforge serve <service> [--host H --port P]      one phase service over gRPC (what containers run)
+  agentforge serve <service> [--host H --port P]      one service over gRPC (what containers run)
+  agentforge runs create|watch|status|list|cancel|retry|approve   a coordinator's runs (see cli_runs)
   agentforge artifacts ls [PREFIX]                    complete artifacts in the store
   agentforge artifacts verify KEY|URI                 re-hash every file of an artifact
   agentforge artifacts gc --run RUN [--dry-run]       delete a run's intermediates, keep its finals
@@ -46,11 +47,48 @@ def cmd_run(args) -> int:
         print(f"  {name:<{width}}  after {after:<27} {state}")
     missing = [name for name, d in phases.items() if not d.available]
     if missing:
-        print(f"error: cannot run the pipeline: phases not available yet: {', '.join(missing)}; "
-              f"the embedded coordinator that sequences them arrives with issue #3", file=sys.stderr)
+        print(f"error: cannot run the pipeline: phases not available yet: {', '.join(missing)}",
+              file=sys.stderr)
         return EXIT_UNAVAILABLE
-    print("error: cannot run the pipeline: the embedded coordinator arrives with issue #3", file=sys.stderr)
-    return EXIT_UNAVAILABLE
+    return run_embedded(profile, store=_store(args), state_path=args.state)
+
+
+def run_embedded(profile, *, store, state_path: str) -> int:
+    """The whole pipeline in this process: the coordinator's state machine with in-process runners."""
+    import time
+    from pathlib import Path
+
+    from services.coordinator.app import embedded_coordinator
+
+    Path(state_path).parent.mkdir(parents=True, exist_ok=True)
+    c = profile.coordinator
+    coordinator, registries = embedded_coordinator(state_path, store, accelerators=c.accelerators,
+                                                   lease_ttl_s=c.lease_ttl_s, unit_ttl_s=c.unit_ttl_s)
+    started = time.monotonic()
+    try:
+        run = coordinator.create_run(profile)
+        print(f"run {run.run_id}")
+        run = coordinator.run_until_done(run.run_id, poll_interval_s=c.poll_interval_s)
+    finally:
+        for registry in registries.values():
+            registry.shutdown(cancel_running=True, wait=False)
+    print_summary(coordinator, run.run_id, time.monotonic() - started)
+    if run.state != "succeeded":
+        print(f"error: run {run.run_id} {run.state}: {run.error}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def print_summary(coordinator, run_id: str, seconds: float) -> None:
+    run, phases = coordinator.get_run(run_id)
+    print(f"\n{'phase':<15} {'state':<12} {'time':>8}  gates")
+    for ph in phases:
+        took = (ph.finished_at - ph.started_at) if ph.finished_at and ph.started_at else 0.0
+        outcomes = (ph.gate or {}).get("outcomes", [])
+        gates = ", ".join(f"{o['metric']}={o['value']:.4g}{'' if o['passed'] else ' FAIL'}" if o["measured"]
+                          else f"{o['metric']}=n/a FAIL" for o in outcomes)
+        print(f"{ph.phase:<15} {ph.state:<12} {took:7.1f}s  {gates}")
+    print(f"run {run.run_id} {run.state} in {seconds:.1f}s; artifacts under runs/{run.run_id}/ in the store")
 
 
 # -- serve ------------------------------------------------------------------------------------------
@@ -118,11 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline embedded")
     run.add_argument("--profile", default="tiny", help="shipped profile name (ci, tiny, default)")
     run.add_argument("--config", default=None, help="path to a profile YAML (overrides --profile)")
+    run.add_argument("--store", default=None, help="artifact store URI (default $AGENTFORGE_STORE)")
+    run.add_argument("--state", default=os.environ.get("AGENTFORGE_STATE", ".agentforge/embedded.sqlite"),
+                     help="coordinator state file")
     run.set_defaults(func=cmd_run)
 
     serve = sub.add_parser("serve", help="serve one phase over gRPC")
     add_serve_arguments(serve)
     serve.set_defaults(func=cmd_serve)
+
+    from shared.cli_runs import add_runs_parser
+
+    add_runs_parser(sub)
 
     art = sub.add_parser("artifacts", help="inspect and clean the artifact store")
     art.add_argument("--store", default=None, help="store URI (default $AGENTFORGE_STORE)")

@@ -235,6 +235,70 @@ class PhasesConfig(Section):
     bitnet: BitNetConfig
 
 
+class PhaseScheduling(Section):
+    needs_accelerator: bool = Field(description="the phase's job holds an accelerator lease while it runs")
+
+
+class SchedulingConfig(Section):
+    """Per-phase scheduling settings (one entry per phase)."""
+
+    datasets: PhaseScheduling
+    cognate: PhaseScheduling
+    evomerge: PhaseScheduling
+    reasoning_data: PhaseScheduling
+    quietstar: PhaseScheduling
+    bitnet: PhaseScheduling
+
+
+class CoordinatorConfig(Section):
+    accelerators: PosInt = Field(description="lease capacity: accelerators the phase services can use")
+    lease_ttl_s: PosFloat = Field(description="accelerator lease TTL on the coordinator's monotonic clock")
+    unit_ttl_s: PosFloat = Field(description="work-unit lease TTL")
+    poll_interval_s: PosFloat = Field(description="how often the coordinator polls running jobs")
+    reuse_finished_phases: bool = Field(description="reuse a finished phase with equal inputs and config")
+    phases: SchedulingConfig
+
+
+class Gate(Section):
+    """One row of a phase's gate table (DESIGN.md §7)."""
+
+    metric: str = Field(min_length=3, description="metric the phase reports, e.g. cognate/gsm8k_acc")
+    op: Literal[">=", ">", "<=", "<"]
+    threshold: float
+    mitigation: str = Field(min_length=1, description="the in-phase mitigation run before the gate")
+    may_approve: bool = Field(description="whether ApproveGate may override a failure")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Gate":
+        phase = self.metric.split("/", 1)[0]
+        if "/" not in self.metric or phase not in PHASES:
+            raise ValueError(f"gate metric {self.metric!r} must be '<phase>/<name>' with a known phase")
+        return self
+
+    def passes(self, value: float) -> bool:
+        return {">=": value >= self.threshold, ">": value > self.threshold,
+                "<=": value <= self.threshold, "<": value < self.threshold}[self.op]
+
+
+class GatesConfig(Section):
+    """One gate table per phase; each gate's metric must belong to its phase."""
+
+    datasets: list[Gate] = Field(min_length=1)
+    cognate: list[Gate] = Field(min_length=1)
+    evomerge: list[Gate] = Field(min_length=1)
+    reasoning_data: list[Gate] = Field(min_length=1)
+    quietstar: list[Gate] = Field(min_length=1)
+    bitnet: list[Gate] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "GatesConfig":
+        for phase in PHASES:
+            for gate in getattr(self, phase):
+                if not gate.metric.startswith(phase + "/"):
+                    raise ValueError(f"gate {gate.metric!r} is listed under {phase} but names another phase")
+        return self
+
+
 class Profile(Section):
     """A complete pipeline config."""
 
@@ -243,7 +307,9 @@ class Profile(Section):
     seed: Seed
     runtime: RuntimeConfig
     telemetry: TelemetryConfig
+    coordinator: CoordinatorConfig
     phases: PhasesConfig
+    gates: GatesConfig
 
     @model_validator(mode="after")
     def _check(self) -> "Profile":

@@ -66,19 +66,28 @@ def serve(name: str, *, host: str, port: int, store_uri: str | None = None) -> N
     import torch
 
     torch.set_num_threads(torch_threads_from_env())
-    definition = get_phase(name)
-    server, registry = start_phase_server(definition, host=host, port=port, store_uri=store_uri)
-    if not definition.available:
-        log.warning("%s is not implemented yet (issue #%d): Validate works, Submit is refused",
-                    definition.phase, definition.issue)
+    if name == "coordinator":
+        from services.coordinator.app import start_coordinator_server
+
+        server, coordinator = start_coordinator_server(host=host, port=port, store_uri=store_uri)
+        shutdown = coordinator.stop
+    else:
+        definition = get_phase(name)
+        server, registry = start_phase_server(definition, host=host, port=port, store_uri=store_uri)
+        if not definition.available:
+            log.warning("%s is not implemented yet (issue #%d): Validate works, Submit is refused",
+                        definition.phase, definition.issue)
+
+        def shutdown() -> None:
+            registry.shutdown(cancel_running=True, wait=False)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"{definition.service} listening on {host}:{server.port}", flush=True)
+    print(f"{name} listening on {host}:{server.port}", flush=True)
     stop.wait()
-    log.info("shutting down %s", definition.service)
+    log.info("shutting down %s", name)
     server.set_serving(False)
-    registry.shutdown(cancel_running=True, wait=False)
+    shutdown()
     server.stop(grace=5.0)
 
 
@@ -90,7 +99,7 @@ def main_for_service(name: str, argv: list[str] | None = None) -> int:
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("service", help="dataset, cognate, evomerge, reasoning-data, quietstar or bitnet")
+    parser.add_argument("service", help="coordinator, dataset, cognate, evomerge, reasoning-data, quietstar or bitnet")
     parser.add_argument("--host", default=os.environ.get("AGENTFORGE_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("AGENTFORGE_PORT", "50051")))
     parser.add_argument("--store", default=None, help="artifact store URI (default: $AGENTFORGE_STORE)")

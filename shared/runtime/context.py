@@ -111,9 +111,16 @@ class JobContext:
     def open_artifact(self, name: str, *, kind: str, config: dict[str, Any] | None = None,
                       parents: list[ArtifactRef] | tuple[ArtifactRef, ...] = (), retention: str = "intermediate",
                       tokenizer: str | None = None):
-        """Start writing a job-scoped artifact; use as `with ctx.open_artifact(...) as w:`."""
+        """Start writing a job-scoped artifact; use as `with ctx.open_artifact(...) as w:`.
+
+        The key belongs to this job alone, so output left there by an earlier incarnation of the same job
+        (a worker that died after writing it) is replaced; it was never published."""
+        key = self.output_key(name)
+        if self.store.exists(f"{key}/manifest.json"):
+            log.info("replacing unpublished output of an earlier run of job %s at %s", self.job_id, key)
+            self.store.delete_artifact(key)
         return self.store.open_artifact(
-            self.output_key(name), kind=kind, name=name,
+            key, kind=kind, name=name,
             config=config if config is not None else self.spec.model_dump(mode="json"),
             producer=self.producer, parents=list(parents), retention=retention, tokenizer=tokenizer,
             cancel_event=self.cancel_event)

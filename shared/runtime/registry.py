@@ -22,6 +22,7 @@ from shared.errors import (
     CancelledError,
     InvalidSpecError,
     NotFoundError,
+    StaleLeaseError,
     UnavailablePhaseError,
 )
 from shared.runtime.context import JobContext, JobRequest, JobResult
@@ -32,8 +33,10 @@ from shared.storage import ArtifactRef, ArtifactStore
 log = logging.getLogger(__name__)
 
 
-def job_id_for(phase: str, request_id: str) -> str:
-    return f"{phase}-{hashlib.sha256(request_id.encode()).hexdigest()[:16]}"
+def job_id_for(phase: str, request_id: str, fencing_token: int = 0) -> str:
+    """Deterministic: a restarted worker gives a resubmitted request the same id (and finds its checkpoints
+    by request_id); a newer fencing token is a new job, so a fenced-out holder's job stays distinct."""
+    return f"{phase}-{hashlib.sha256(request_id.encode()).hexdigest()[:16]}-t{fencing_token}"
 
 
 @dataclass
@@ -94,14 +97,23 @@ class JobRegistry:
                                    field="context.phase")
         request = JobRequest(**{**request.__dict__, "phase": self.definition.phase})
         spec_hash = config_hash(spec.model_dump(mode="json"))
-        job_id = job_id_for(self.definition.phase, request.request_id)
+        job_id = job_id_for(self.definition.phase, request.request_id, request.fencing_token)
         with self._lock:
+            same_request = [j for j in self._jobs.values() if j.request.request_id == request.request_id]
+            newer = [j for j in same_request if j.request.fencing_token > request.fencing_token]
+            if newer:
+                raise StaleLeaseError(
+                    f"request_id '{request.request_id}' already runs with fencing token "
+                    f"{newer[0].request.fencing_token} > {request.fencing_token}; this submit is stale")
+            for older in same_request:
+                if older.request.fencing_token < request.fencing_token:
+                    older.cancel_event.set()  # fenced out: a newer lease holder takes over
             existing = self._jobs.get(job_id)
             if existing is not None:
-                if existing.spec_hash != spec_hash or existing.request.fencing_token != request.fencing_token:
+                if existing.spec_hash != spec_hash:
                     raise AlreadyExistsError(
-                        f"request_id '{request.request_id}' was already submitted with a different spec or "
-                        f"fencing token; use a new request_id")
+                        f"request_id '{request.request_id}' was already submitted with a different spec; "
+                        f"use a new request_id")
                 if not (existing.state in (JobState.FAILED, JobState.CANCELLED)):
                     return existing
                 # A failed or cancelled job resubmitted with the same request_id runs again (resuming).

@@ -1,0 +1,1 @@
+"""The coordinator: runs as a phase graph, gates, leases, restart safety."""

@@ -1,0 +1,421 @@
+"""The coordinator's state machine: runs as a phase graph, gates, the accelerator lease, restart safety.
+
+One `tick()` advances every active run by looking at its phases in dependency order:
+  pending/waiting  -> (deps done) reuse a finished phase, or take the accelerator lease if the phase
+                      needs one, and submit the job with request_id "<run>.<phase>.a<attempt>"
+  running          -> poll the job; renew its lease while the worker answers; record progress;
+                      a worker that forgot the job (restart) gets the same request again and resumes
+                      from its checkpoints; on success promote its job-scoped artifacts (only while its
+                      fencing token is current), release the lease and judge the gate table
+A failed gate stops the run ("blocked") with metric, value and threshold; ApproveGate records who and why
+and lets it continue. Everything lives in SQLite, so a restarted coordinator picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any, Iterator, Mapping
+
+from services.coordinator.core import gates as gate_mod
+from services.coordinator.core.executors import PhaseExecutor, WorkerUnavailableError
+from services.coordinator.core.graph import plan
+from services.coordinator.core.leases import AcceleratorLeases
+from services.coordinator.core.state import EventRecord, PhaseRecord, RunRecord, StateStore
+from services.coordinator.core.work_units import WorkUnitPool
+from shared.config import Profile, config_hash
+from shared.errors import (
+    AgentForgeError,
+    FailedPreconditionError,
+    InvalidSpecError,
+    NotFoundError,
+    StaleLeaseError,
+    UnavailablePhaseError,
+)
+from shared.runtime.context import JobRequest
+from shared.runtime.events import JobState
+from shared.runtime.phase import PhaseDefinition
+from shared.storage import ArtifactRef, ArtifactStore, published_key
+
+log = logging.getLogger(__name__)
+
+# phase states
+PENDING, WAITING, RUNNING = "pending", "waiting", "running"
+SUCCEEDED, APPROVED, REUSED, SKIPPED = "succeeded", "approved", "reused", "skipped"
+FAILED, GATE_FAILED, CANCELLED = "failed", "gate_failed", "cancelled"
+DONE = (SUCCEEDED, APPROVED, REUSED, SKIPPED)
+# run states
+RUN_RUNNING, RUN_BLOCKED, RUN_FAILED, RUN_CANCELLED, RUN_SUCCEEDED = (
+    "running", "blocked", "failed", "cancelled", "succeeded")
+RUN_TERMINAL = (RUN_FAILED, RUN_CANCELLED, RUN_SUCCEEDED)
+
+
+def section_hash(profile: Profile, phase: str) -> str:
+    """What a phase's result depends on besides its inputs: its config section and the run seed."""
+    section = getattr(profile.phases, phase).model_dump(mode="json")
+    return config_hash({"phase": phase, "section": section, "seed": profile.seed})
+
+
+class Coordinator:
+    def __init__(self, state: StateStore, store: ArtifactStore, phases: Mapping[str, PhaseDefinition],
+                 executors: Mapping[str, PhaseExecutor], *, accelerators: int = 1, lease_ttl_s: float = 30.0,
+                 unit_ttl_s: float = 60.0, clock=time.monotonic):
+        self.state = state
+        self.store = store
+        self.phases = dict(phases)
+        self.executors = dict(executors)
+        self.leases = AcceleratorLeases(state, capacity=accelerators, ttl_s=lease_ttl_s, clock=clock)
+        self.units = WorkUnitPool(state, ttl_s=unit_ttl_s, clock=clock)
+        self.leases.restore()
+        self.units.restore()
+        self._lock = threading.RLock()
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # == users ===================================================================================
+    def create_run(self, profile: Profile, *, request_id: str = "", start_phase: str = "",
+                   inputs: tuple[ArtifactRef, ...] = (), reuse: bool | None = None) -> RunRecord:
+        nodes = plan(self.phases, start_phase)
+        skipped = [n.phase for n in nodes if n.skipped]
+        needed = {dep for n in nodes if not n.skipped for dep in n.depends_on if dep in skipped}
+        if needed and not inputs:
+            raise InvalidSpecError(f"starting at '{start_phase}' needs the outputs of {sorted(needed)} as input "
+                                   f"artifacts", field="inputs")
+        for ref in inputs:
+            self.store.read_manifest(ref)  # NotFoundError / IntegrityError before anything is recorded
+        cfg = profile.model_dump(mode="json")
+        rows = [{"phase": n.phase, "state": SKIPPED if n.skipped else PENDING,
+                 "config_hash": section_hash(profile, n.phase)} for n in nodes]
+        with self._lock:
+            run = self.state.create_run(
+                run_id=f"run-{uuid.uuid4().hex[:12]}", request_id=request_id or uuid.uuid4().hex,
+                profile=profile.name, config=cfg, config_hash=config_hash(profile), start_phase=start_phase or None,
+                inputs=[r.to_dict() for r in inputs],
+                reuse=profile.coordinator.reuse_finished_phases if reuse is None else reuse, phases=rows,
+                state=RUN_RUNNING)
+        self._notify()
+        return self.state.get_run(run.run_id)
+
+    def get_run(self, run_id: str) -> tuple[RunRecord, list[PhaseRecord]]:
+        return self.state.get_run(run_id), self.state.list_phases(run_id)
+
+    def list_runs(self, states=None) -> list[RunRecord]:
+        return self.state.list_runs(states)
+
+    def cancel_run(self, run_id: str) -> RunRecord:
+        with self._lock:
+            run = self.state.get_run(run_id)
+            if run.state in RUN_TERMINAL:
+                raise FailedPreconditionError(f"run {run_id} already {run.state}")
+            for ph in self.state.list_phases(run_id):
+                if ph.state == RUNNING:
+                    self._cancel_job(ph)
+                if ph.state in (PENDING, WAITING, RUNNING, GATE_FAILED, FAILED):
+                    self._release(ph)
+                    self.state.update_phase(run_id, ph.phase, state=CANCELLED, error="run cancelled")
+            self.state.update_run(run_id, state=RUN_CANCELLED, error="cancelled by user")
+            self._event(run_id, "run_finished", state=RUN_CANCELLED, message="cancelled by user")
+        return self.state.get_run(run_id)
+
+    def retry_phase(self, run_id: str, phase: str) -> RunRecord:
+        with self._lock:
+            run = self.state.get_run(run_id)
+            ph = self.state.get_phase(run_id, phase)
+            if ph.state not in (FAILED, GATE_FAILED, CANCELLED):
+                raise FailedPreconditionError(f"phase {phase} of run {run_id} is {ph.state}; only a failed, "
+                                              f"gate-failed or cancelled phase can be retried")
+            if run.state == RUN_SUCCEEDED:
+                raise FailedPreconditionError(f"run {run_id} already succeeded")
+            self.state.update_phase(run_id, phase, state=PENDING, error="", gate=None)
+            for other in self.state.list_phases(run_id):
+                if other.state == CANCELLED and other.phase != phase:
+                    self.state.update_phase(run_id, other.phase, state=PENDING, error="")
+            self.state.update_run(run_id, state=RUN_RUNNING, error="")
+            self._event(run_id, "retry", phase=phase, message=f"retrying {phase} (attempt {ph.attempt + 1})")
+        self._notify()
+        return self.state.get_run(run_id)
+
+    def approve_gate(self, run_id: str, phase: str, who: str, why: str) -> RunRecord:
+        if not who.strip() or not why.strip():
+            raise InvalidSpecError("approving a gate needs who and why", field="who" if not who.strip() else "why")
+        with self._lock:
+            ph = self.state.get_phase(run_id, phase)
+            if ph.state != GATE_FAILED:
+                raise FailedPreconditionError(f"the gate of phase {phase} in run {run_id} did not fail "
+                                              f"(phase is {ph.state}); nothing to approve")
+            failed = [o for o in map(gate_mod.GateOutcome.from_dict, (ph.gate or {}).get("outcomes", []))
+                      if not o.passed]
+            locked = [o.metric for o in failed if not o.may_approve]
+            if locked:
+                raise FailedPreconditionError(f"gate metrics {locked} of phase {phase} may not be approved; "
+                                              f"retry the phase instead")
+            self.state.record_approval(run_id, phase, who, why, ph.gate or {})
+            published = self._publish(run_id, phase, [ArtifactRef.from_dict(a) for a in ph.artifacts])
+            self.state.update_phase(run_id, phase, state=APPROVED, artifacts=[r.to_dict() for r in published])
+            self.state.update_run(run_id, state=RUN_RUNNING, error="")
+            self._event(run_id, "approved", phase=phase, message=f"gate approved by {who}: {why}")
+        self._notify()
+        return self.state.get_run(run_id)
+
+    def watch_run(self, run_id: str, after_seq: int = 0, *, stop: threading.Event | None = None,
+                  poll_s: float = 0.5) -> Iterator[EventRecord]:
+        """Events after `after_seq`, following new ones until the run ends (or `stop` is set)."""
+        self.state.get_run(run_id)
+        seen = after_seq
+        while True:
+            batch = self.state.events(run_id, after_seq=seen)
+            for ev in batch:
+                seen = ev.seq
+                yield ev
+            if batch and batch[-1].kind == "run_finished":
+                return
+            if not batch and self.state.get_run(run_id).state in RUN_TERMINAL:
+                if not self.state.events(run_id, after_seq=seen):
+                    return
+            if stop is not None and stop.is_set():
+                return
+            with self._changed:
+                self._changed.wait(timeout=poll_s)
+
+    # == the loop ================================================================================
+    def start(self, poll_interval_s: float = 0.5) -> None:
+        def loop():
+            while not self._stop.is_set():
+                try:
+                    self.tick()
+                except Exception:  # noqa: BLE001 - keep scheduling; the error is logged with context
+                    log.exception("coordinator tick failed")
+                self._stop.wait(poll_interval_s)
+
+        self._thread = threading.Thread(target=loop, name="coordinator", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def run_until_done(self, run_id: str, *, poll_interval_s: float = 0.1, timeout_s: float | None = None) -> RunRecord:
+        """Embedded mode: tick until the run is finished or blocked."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            self.tick()
+            run = self.state.get_run(run_id)
+            if run.state in RUN_TERMINAL or run.state == RUN_BLOCKED:
+                return run
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} still {run.state} after {timeout_s} s")
+            time.sleep(poll_interval_s)
+
+    def tick(self) -> None:
+        with self._lock:
+            for lease in self.leases.reap():
+                self._on_lease_expired(lease)
+            self.units.reap()
+            for run in self.state.list_runs([RUN_RUNNING]):
+                self._advance(run)
+
+    # == internals ===============================================================================
+    def _advance(self, run: RunRecord) -> None:
+        profile = Profile.model_validate(run.config)
+        phases = {p.phase: p for p in self.state.list_phases(run.run_id)}
+        for name, ph in phases.items():
+            if ph.state in (PENDING, WAITING):
+                deps = self.phases[name].depends_on
+                if all(phases[d].state in DONE for d in deps):
+                    self._start(run, profile, ph, phases)
+            elif ph.state == RUNNING:
+                self._poll(run, profile, ph)
+            run_now = self.state.get_run(run.run_id)
+            if run_now.state != RUN_RUNNING:
+                return
+        phases = self.state.list_phases(run.run_id)
+        if all(p.state in DONE for p in phases):
+            self.state.update_run(run.run_id, state=RUN_SUCCEEDED)
+            self._event(run.run_id, "run_finished", state=RUN_SUCCEEDED, message="all phases finished")
+
+    def _inputs_for(self, run: RunRecord, phase: str, phases: Mapping[str, PhaseRecord]) -> tuple[ArtifactRef, ...]:
+        refs: list[ArtifactRef] = []
+        for dep in self.phases[phase].depends_on:
+            if phases[dep].state == SKIPPED:
+                refs.extend(ArtifactRef.from_dict(d) for d in run.inputs)
+            else:
+                refs.extend(ArtifactRef.from_dict(d) for d in phases[dep].artifacts)
+        unique: dict[str, ArtifactRef] = {}
+        for ref in refs:
+            unique.setdefault(ref.uri, ref)
+        return tuple(unique.values())
+
+    def _start(self, run: RunRecord, profile: Profile, ph: PhaseRecord, phases: Mapping[str, PhaseRecord]) -> None:
+        inputs = self._inputs_for(run, ph.phase, phases)
+        input_hashes = sorted(r.sha256 for r in inputs)
+        if run.reuse and self._try_reuse(run, profile, ph, input_hashes):
+            return
+        lease = None
+        if getattr(profile.coordinator.phases, ph.phase).needs_accelerator:
+            lease = self.leases.acquire(f"{run.run_id}/{ph.phase}", run_id=run.run_id, phase=ph.phase)
+            if lease is None:
+                if ph.state != WAITING:
+                    self.state.update_phase(run.run_id, ph.phase, state=WAITING)
+                    self._event(run.run_id, "waiting", phase=ph.phase, message="waiting for the accelerator lease")
+                return
+        attempt = ph.attempt + 1
+        request = JobRequest(request_id=f"{run.run_id}.{ph.phase}.a{attempt}", phase=ph.phase, run_id=run.run_id,
+                             fencing_token=lease.token if lease else 0, inputs=inputs, seed=profile.seed,
+                             device=profile.runtime.device, torch_threads=profile.runtime.torch_threads,
+                             profile=profile.name, config_hash=run.config_hash)
+        try:
+            view = self.executors[ph.phase].submit(request, getattr(profile.phases, ph.phase))
+        except WorkerUnavailableError as exc:
+            if lease:
+                self.leases.release(lease.lease_id, lease.token)
+            self._event(run.run_id, "worker_unavailable", phase=ph.phase, message=str(exc))
+            return
+        except (UnavailablePhaseError, AgentForgeError) as exc:
+            if lease:
+                self.leases.release(lease.lease_id, lease.token)
+            self._fail(run, ph.phase, str(exc), attempt=attempt)
+            return
+        self.state.update_phase(run.run_id, ph.phase, state=RUNNING, attempt=attempt, job_id=view.job_id,
+                                request_id=request.request_id, fencing_token=request.fencing_token,
+                                lease_id=lease.lease_id if lease else "", input_hashes=input_hashes,
+                                started_at=time.time(), error="")
+        self._event(run.run_id, "phase_started", phase=ph.phase,
+                    message=f"job {view.job_id} (attempt {attempt}, fencing token {request.fencing_token})")
+
+    def _poll(self, run: RunRecord, profile: Profile, ph: PhaseRecord) -> None:
+        executor = self.executors[ph.phase]
+        try:
+            view = executor.get(ph.job_id)
+        except NotFoundError:
+            self._resubmit(run, profile, ph)
+            return
+        except WorkerUnavailableError:
+            return  # no renewal: a dead worker's lease expires and is reclaimed by reap()
+        if ph.lease_id:
+            try:
+                self.leases.renew(ph.lease_id, ph.fencing_token)
+            except StaleLeaseError as exc:
+                self._fence(run, ph, str(exc))
+                return
+        if view.progress and view.progress.seq > (ph.progress or {}).get("seq", 0):
+            p = view.progress
+            self.state.update_phase(run.run_id, ph.phase, progress=p.__dict__)
+            self._event(run.run_id, "progress", phase=ph.phase, message=p.message or p.stage,
+                        payload={"stage": p.stage, "fraction": p.fraction, "step": p.step,
+                                 "total_steps": p.total_steps, "metrics": view.metrics})
+        if view.state is JobState.SUCCEEDED:
+            self._finish(run, profile, ph, view)
+        elif view.state is JobState.FAILED:
+            self._release(ph)
+            self._fail(run, ph.phase, view.error or "the job failed")
+        elif view.state is JobState.CANCELLED:
+            self._release(ph)
+            self._fail(run, ph.phase, "the job was cancelled by its worker")
+
+    def _resubmit(self, run: RunRecord, profile: Profile, ph: PhaseRecord) -> None:
+        """The worker does not know the job (it restarted): same request_id, same token -> it resumes."""
+        request = JobRequest(request_id=ph.request_id, phase=ph.phase, run_id=run.run_id,
+                             fencing_token=ph.fencing_token,
+                             inputs=self._inputs_for(run, ph.phase, {p.phase: p for p in self.state.list_phases(run.run_id)}),
+                             seed=profile.seed, device=profile.runtime.device,
+                             torch_threads=profile.runtime.torch_threads, profile=profile.name,
+                             config_hash=run.config_hash)
+        try:
+            view = self.executors[ph.phase].submit(request, getattr(profile.phases, ph.phase))
+        except WorkerUnavailableError:
+            return
+        self.state.update_phase(run.run_id, ph.phase, job_id=view.job_id)
+        self._event(run.run_id, "resubmitted", phase=ph.phase, message=f"worker lost job; resubmitted {ph.request_id}")
+
+    def _finish(self, run: RunRecord, profile: Profile, ph: PhaseRecord, view) -> None:
+        if ph.lease_id and not self.leases.is_current(ph.fencing_token):
+            self._fence(run, ph, f"fencing token {ph.fencing_token} is no longer current")
+            return
+        self._release(ph)
+        outcomes = gate_mod.judge(getattr(profile.gates, ph.phase), view.metrics)
+        failed = gate_mod.failures(outcomes)
+        gate = {"outcomes": [o.to_dict() for o in outcomes]}
+        # Only accepted outputs are published; a gate-failed phase keeps its job-scoped refs until approved.
+        artifacts = list(view.artifacts) if failed else self._publish(run.run_id, ph.phase, view.artifacts)
+        self.state.update_phase(run.run_id, ph.phase, metrics=view.metrics, artifacts=[r.to_dict() for r in artifacts],
+                                gate=gate, finished_at=time.time(), lease_id="",
+                                state=GATE_FAILED if failed else SUCCEEDED,
+                                error="; ".join(o.reason for o in failed))
+        self._event(run.run_id, "gate", phase=ph.phase, payload=gate,
+                    message="; ".join(o.reason for o in outcomes))
+        if failed:
+            reason = f"gate of {ph.phase} failed: " + "; ".join(o.reason for o in failed)
+            self.state.update_run(run.run_id, state=RUN_BLOCKED, error=reason)
+            self._event(run.run_id, "blocked", phase=ph.phase, state=RUN_BLOCKED, message=reason)
+        else:
+            self._event(run.run_id, "phase_finished", phase=ph.phase, state=SUCCEEDED, payload={"metrics": view.metrics})
+
+    def _publish(self, run_id: str, phase: str, staged) -> list[ArtifactRef]:
+        return [self.store.promote(ref, published_key(run_id, phase, ref.name)) for ref in staged]
+
+    def _try_reuse(self, run: RunRecord, profile: Profile, ph: PhaseRecord, input_hashes: list[str]) -> bool:
+        old = self.state.find_finished_phase(ph.phase, ph.config_hash, input_hashes)
+        if old is None or old.run_id == run.run_id:
+            return False
+        outcomes = gate_mod.judge(getattr(profile.gates, ph.phase), old.metrics)
+        if gate_mod.failures(outcomes):
+            return False
+        self.state.update_phase(run.run_id, ph.phase, state=REUSED, metrics=old.metrics, artifacts=old.artifacts,
+                                gate={"outcomes": [o.to_dict() for o in outcomes]}, input_hashes=input_hashes,
+                                reused_from=old.run_id, finished_at=time.time())
+        self._event(run.run_id, "phase_finished", phase=ph.phase, state=REUSED,
+                    message=f"reused the result of run {old.run_id} (same inputs and config)")
+        return True
+
+    def _fence(self, run: RunRecord, ph: PhaseRecord, why: str) -> None:
+        """The job's lease is gone: its output is never promoted; the phase goes back to wait for a lease and
+        resubmits the same request (the new holder resumes from checkpoints)."""
+        self._cancel_job(ph)
+        self.state.update_phase(run.run_id, ph.phase, state=WAITING, lease_id="", attempt=ph.attempt - 1)
+        self._event(run.run_id, "fenced", phase=ph.phase, message=why)
+
+    def _on_lease_expired(self, lease) -> None:
+        try:
+            ph = self.state.get_phase(lease.run_id, lease.phase)
+        except NotFoundError:
+            return
+        if ph.state == RUNNING and ph.lease_id == lease.lease_id:
+            run = self.state.get_run(lease.run_id)
+            self._fence(run, ph, f"accelerator lease {lease.lease_id} expired (token {lease.token}); "
+                                 f"the worker stopped answering")
+
+    def _release(self, ph: PhaseRecord) -> None:
+        if ph.lease_id:
+            try:
+                self.leases.release(ph.lease_id, ph.fencing_token)
+            except StaleLeaseError:
+                pass
+            self.state.update_phase(ph.run_id, ph.phase, lease_id="")
+
+    def _cancel_job(self, ph: PhaseRecord) -> None:
+        if not ph.job_id:
+            return
+        try:
+            self.executors[ph.phase].cancel(ph.job_id)
+        except (NotFoundError, WorkerUnavailableError) as exc:
+            log.info("cancel of %s: %s", ph.job_id, exc)
+
+    def _fail(self, run: RunRecord, phase: str, error: str, **fields: Any) -> None:
+        self.state.update_phase(run.run_id, phase, state=FAILED, error=error, finished_at=time.time(), **fields)
+        self.state.update_run(run.run_id, state=RUN_FAILED, error=f"phase {phase} failed: {error}")
+        self._event(run.run_id, "phase_finished", phase=phase, state=FAILED, message=error)
+        self._event(run.run_id, "run_finished", state=RUN_FAILED, message=f"phase {phase} failed: {error}")
+
+    def _event(self, run_id: str, kind: str, *, phase: str | None = None, state: str = "", message: str = "",
+               payload: dict | None = None) -> None:
+        self.state.append_event(run_id, kind, phase=phase, payload={"state": state, "message": message,
+                                                                    **(payload or {})})
+        self._notify()
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()

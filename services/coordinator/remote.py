@@ -1,0 +1,70 @@
+"""GrpcExecutor: the coordinator's client for a phase service's job protocol (services mode).
+
+Translates status codes back into the project's exceptions, so the state machine handles a remote job
+exactly like an in-process one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import grpc
+
+from agentforge.v1 import job_pb2
+from services.coordinator.core.executors import JobView, Progress, WorkerUnavailableError
+from shared import errors
+from shared.rpc.convert import STATE_FROM_PROTO, dict_to_message, ref_from_proto, request_to_proto
+from shared.runtime.context import JobRequest
+
+_ERROR_FOR = {
+    grpc.StatusCode.NOT_FOUND: errors.NotFoundError,
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidSpecError,
+    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExistsError,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPreconditionError,
+    grpc.StatusCode.UNAUTHENTICATED: errors.AuthenticationError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhaustedError,
+    grpc.StatusCode.DATA_LOSS: errors.IntegrityError,
+    grpc.StatusCode.UNAVAILABLE: WorkerUnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: WorkerUnavailableError,
+}
+
+
+class GrpcExecutor:
+    def __init__(self, definition, channel: grpc.Channel, *, timeout_s: float = 30.0):
+        self.definition = definition
+        module = importlib.import_module(definition.add_servicer.__module__)
+        self._stub = getattr(module, definition.grpc_service.rsplit(".", 1)[1] + "Stub")(channel)
+        self._timeout = timeout_s
+
+    def _call(self, method: str, message):
+        try:
+            return getattr(self._stub, method)(message, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            code, details = exc.code(), exc.details()
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                raise errors.UnavailablePhaseError(self.definition.phase, self.definition.issue) from None
+            cls = _ERROR_FOR.get(code, errors.AgentForgeError)
+            raise cls(f"{self.definition.service} worker: {details}") from None
+
+    @staticmethod
+    def _view(status) -> JobView:
+        ev = status.last_event if status.HasField("last_event") else None
+        progress = None if ev is None else Progress(ev.seq, ev.stage, ev.fraction, ev.step, ev.total_steps,
+                                                    ev.message)
+        return JobView(job_id=status.job_id, state=STATE_FROM_PROTO[status.state],
+                       metrics={m.name: m.value for m in status.metrics},
+                       artifacts=tuple(ref_from_proto(a) for a in status.artifacts),
+                       error=status.error, fencing_token=status.fencing_token, progress=progress)
+
+    def submit(self, request: JobRequest, spec: Any) -> JobView:
+        msg = self.definition.submit_message(
+            context=request_to_proto(request),
+            spec=dict_to_message(spec.model_dump(mode="json"), self.definition.spec_message))
+        return self._view(self._call("Submit", msg))
+
+    def get(self, job_id: str) -> JobView:
+        return self._view(self._call("Get", job_pb2.JobRef(job_id=job_id)))
+
+    def cancel(self, job_id: str) -> None:
+        self._call("Cancel", job_pb2.JobRef(job_id=job_id))
