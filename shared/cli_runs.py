@@ -16,7 +16,7 @@ import uuid
 
 import grpc
 
-from shared.errors import AgentForgeError, InvalidSpecError, NotFoundError
+from shared.errors import AgentForgeError, ConfigError, InvalidSpecError, NotFoundError
 
 DEFAULT_ADDR = "127.0.0.1:50050"
 
@@ -79,8 +79,11 @@ def cmd_create(args) -> int:
                                            inputs=[_parse_input(t) for t in args.input or []],
                                            reuse_finished_phases=args.reuse)
     if args.config:
-        with open(args.config, encoding="utf-8") as f:
-            req.config_yaml = f.read()
+        try:
+            with open(args.config, encoding="utf-8") as f:
+                req.config_yaml = f.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the config file: {exc.strerror}", source=args.config) from None
     else:
         req.profile = args.profile
     run = _call(_stub(args).CreateRun, req)
@@ -106,9 +109,13 @@ def cmd_watch(args) -> int:
                 bar.close()
                 bar = None
             print(f"[{ev.seq}] {ev.kind:<15} {ev.phase or '-':<15} {ev.message}")
-            if ev.kind == "run_finished" or ev.kind == "blocked":
+            if ev.kind == "run_finished":
                 last_state = ev.state
-                if ev.kind == "blocked":
+            elif ev.kind == "blocked":
+                # The stream stays open while a run is blocked, so stop here -- unless this "blocked" is
+                # history (the gate was approved or retried since): then keep following the run.
+                if _call(stub.GetRun, coordinator_pb2.RunRef(run_id=args.run_id)).state == "blocked":
+                    last_state = ev.state
                     break
     except grpc.RpcError as exc:
         raise AgentForgeError(f"watch failed: {exc.details()}") from None

@@ -23,10 +23,10 @@ OWNERS = {
     "wait_for_gpu": ("shared.utils", 2),
     "validate_dataset_availability": ("shared.utils", 2),
     "load_json": ("shared.storage.formats", 2),
-    # issue 4: datasets
-    "Phase1Dataset": ("services.dataset.core", 4),
+    # issue 4: datasets, tokenizer, curriculum, evaluation
+    "Phase1Dataset": ("shared.data.curriculum", 4),
     "load_dataset": ("datasets", 4),  # Hugging Face datasets, used by the hub source
-    "filter_by_strategy": ("shared.evaluation", 8),
+    "filter_by_strategy": ("services.quietstar.core", 9),
     # issue 5: the model family and optimizer
     "TRMTitansMAG": ("shared.model", 5),
     "MuonGrokfast": ("shared.optim", 5),
@@ -37,14 +37,14 @@ OWNERS = {
     "validate_diversity": ("services.cognate.core", 6),
     "validate": ("services.cognate.core", 6),
     "criterion": ("services.cognate.core", 6),
-    "evaluate_perplexity": ("shared.evaluation", 6),
-    "evaluate_gsm8k": ("shared.evaluation", 6),
-    "evaluate_arc": ("shared.evaluation", 6),
-    "evaluate_piqa": ("shared.evaluation", 6),
-    "measure_avg_halting_steps": ("shared.evaluation", 6),
-    "measure_ltm_usage": ("shared.evaluation", 6),
-    "measure_inference_time": ("shared.evaluation", 6),
-    "measure_vram_usage": ("shared.evaluation", 6),
+    "evaluate_perplexity": ("shared.evaluation", 4),
+    "evaluate_gsm8k": ("shared.evaluation", 4),
+    "evaluate_arc": ("shared.evaluation", 4),
+    "evaluate_piqa": ("shared.evaluation", 4),
+    "measure_avg_halting_steps": ("shared.evaluation.model_metrics", 6),
+    "measure_ltm_usage": ("shared.evaluation.model_metrics", 6),
+    "measure_inference_time": ("shared.evaluation.model_metrics", 6),
+    "measure_vram_usage": ("shared.evaluation.model_metrics", 6),
     # issue 7: EvoMerge
     "compute_diversity": ("services.evomerge.core", 7),
     "manage_population_memory": ("services.evomerge.core", 7),

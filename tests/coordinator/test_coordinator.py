@@ -244,3 +244,40 @@ def test_every_gate_of_every_profile_fails_on_random_init(profile):
         for gate in getattr(gates, phase):
             assert gate.metric in fixture, f"{gate.metric} has no random-init fixture value"
         assert not [o for o in judge(getattr(gates, phase), {k: v for k, v in fixture.items() if v is not None}) if o.passed]
+
+
+def test_start_phase_takes_earlier_outputs_as_inputs(cluster):
+    first = cluster.create()
+    cluster.wait_run(first)
+    refs = {p.phase: p.artifacts[0] for p in cluster.run(first).phases}
+    inputs = [refs["evomerge"], refs["reasoning_data"]]
+    second = cluster.create(start_phase="quietstar", inputs=inputs)
+    run = cluster.wait_run(second)
+    states = {p.phase: p.state for p in run.phases}
+    assert states == {"datasets": "skipped", "cognate": "skipped", "evomerge": "skipped",
+                      "reasoning_data": "skipped", "quietstar": "succeeded", "bitnet": "succeeded"}
+    assert cluster.behaviour["quietstar"].calls[-1]["inputs"] == ["evomerge_out", "reasoning_data_out"]
+    assert len(cluster.behaviour["cognate"].calls) == 1
+    # an input that does not exist, or whose manifest hash does not match, is refused up front
+    missing = common_pb2.ArtifactRef(uri=refs["evomerge"].uri + "-gone", sha256=refs["evomerge"].sha256,
+                                     name="evomerge_out")
+    err = rpc_error(cluster.stub.CreateRun, coordinator_pb2.CreateRunRequest(
+        profile="ci", start_phase="quietstar", inputs=[missing, refs["reasoning_data"]]))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    forged = common_pb2.ArtifactRef(uri=refs["evomerge"].uri, sha256="0" * 64, name="evomerge_out")
+    err = rpc_error(cluster.stub.CreateRun, coordinator_pb2.CreateRunRequest(
+        profile="ci", start_phase="quietstar", inputs=[forged, refs["reasoning_data"]]))
+    assert err.code() == grpc.StatusCode.DATA_LOSS
+
+
+def test_finished_phases_are_reused_only_when_asked(cluster):
+    first = cluster.create()
+    cluster.wait_run(first)
+    reused = cluster.create(reuse_finished_phases=True)
+    run = cluster.wait_run(reused)
+    assert {p.state for p in run.phases} == {"reused"}
+    assert {p.reused_from for p in run.phases} == {first}
+    assert all(len(b.calls) == 1 for b in cluster.behaviour.values())
+    fresh = cluster.create()
+    cluster.wait_run(fresh)
+    assert all(len(b.calls) == 2 for b in cluster.behaviour.values())

@@ -375,6 +375,8 @@ class Coordinator:
         """The job's lease is gone: its output is never promoted; the phase goes back to wait for a lease and
         resubmits the same request (the new holder resumes from checkpoints)."""
         self._cancel_job(ph)
+        if ph.job_id:  # whatever the fenced job staged is dead weight: it can never be promoted
+            self.store.delete_prefix(f"jobs/{ph.job_id}/")
         self.state.update_phase(run.run_id, ph.phase, state=WAITING, lease_id="", attempt=ph.attempt - 1)
         self._event(run.run_id, "fenced", phase=ph.phase, message=why)
 
