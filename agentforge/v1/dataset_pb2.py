@@ -26,7 +26,7 @@ from agentforge.v1 import common_pb2 as agentforge_dot_v1_dot_common__pb2
 from agentforge.v1 import job_pb2 as agentforge_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61gentforge/v1/dataset.proto\x12\ragentforge.v1\x1a\x1a\x61gentforge/v1/common.proto\x1a\x17\x61gentforge/v1/job.proto\"C\n\rTokenizerSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\x05\x12\x10\n\x08gpt2_dir\x18\x03 \x01(\t\"\xd1\x01\n\x0c\x44\x61tasetsSpec\x12\x0f\n\x07sources\x18\x01 \x03(\t\x12\x12\n\nmirror_dir\x18\x02 \x01(\t\x12\x10\n\x08required\x18\x03 \x03(\t\x12\x10\n\x08optional\x18\x04 \x03(\t\x12 \n\x18max_examples_per_dataset\x18\x05 \x01(\x05\x12\x0f\n\x07seq_len\x18\x06 \x01(\x05\x12\x14\n\x0cval_fraction\x18\x07 \x01(\x01\x12/\n\ttokenizer\x18\x08 \x01(\x0b\x32\x1c.agentforge.v1.TokenizerSpec\"g\n\x0e\x44\x61tasetsSubmit\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.agentforge.v1.JobContext\x12)\n\x04spec\x18\x02 \x01(\x0b\x32\x1b.agentforge.v1.DatasetsSpec2\xd6\x02\n\x0e\x44\x61tasetService\x12H\n\x08Validate\x12\x1b.agentforge.v1.DatasetsSpec\x1a\x1f.agentforge.v1.ValidateResponse\x12\x41\n\x06Submit\x12\x1d.agentforge.v1.DatasetsSubmit\x1a\x18.agentforge.v1.JobStatus\x12\x44\n\x05Watch\x12\x1b.agentforge.v1.WatchRequest\x1a\x1c.agentforge.v1.ProgressEvent0\x01\x12\x39\n\x06\x43\x61ncel\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatus\x12\x36\n\x03Get\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61gentforge/v1/dataset.proto\x12\ragentforge.v1\x1a\x1a\x61gentforge/v1/common.proto\x1a\x17\x61gentforge/v1/job.proto\"C\n\rTokenizerSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\x05\x12\x10\n\x08gpt2_dir\x18\x03 \x01(\t\"\xe6\x01\n\x0c\x44\x61tasetsSpec\x12\x0f\n\x07sources\x18\x01 \x03(\t\x12\x12\n\nmirror_dir\x18\x02 \x01(\t\x12\x10\n\x08required\x18\x03 \x03(\t\x12\x10\n\x08optional\x18\x04 \x03(\t\x12 \n\x18max_examples_per_dataset\x18\x05 \x01(\x05\x12\x0f\n\x07seq_len\x18\x06 \x01(\x05\x12\x14\n\x0cval_fraction\x18\x07 \x01(\x01\x12/\n\ttokenizer\x18\x08 \x01(\x0b\x32\x1c.agentforge.v1.TokenizerSpec\x12\x13\n\x0bon_bad_line\x18\t \x01(\t\"g\n\x0e\x44\x61tasetsSubmit\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.agentforge.v1.JobContext\x12)\n\x04spec\x18\x02 \x01(\x0b\x32\x1b.agentforge.v1.DatasetsSpec2\xd6\x02\n\x0e\x44\x61tasetService\x12H\n\x08Validate\x12\x1b.agentforge.v1.DatasetsSpec\x1a\x1f.agentforge.v1.ValidateResponse\x12\x41\n\x06Submit\x12\x1d.agentforge.v1.DatasetsSubmit\x1a\x18.agentforge.v1.JobStatus\x12\x44\n\x05Watch\x12\x1b.agentforge.v1.WatchRequest\x1a\x1c.agentforge.v1.ProgressEvent0\x01\x12\x39\n\x06\x43\x61ncel\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatus\x12\x36\n\x03Get\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENIZERSPEC']._serialized_start=99
   _globals['_TOKENIZERSPEC']._serialized_end=166
   _globals['_DATASETSSPEC']._serialized_start=169
-  _globals['_DATASETSSPEC']._serialized_end=378
-  _globals['_DATASETSSUBMIT']._serialized_start=380
-  _globals['_DATASETSSUBMIT']._serialized_end=483
-  _globals['_DATASETSERVICE']._serialized_start=486
-  _globals['_DATASETSERVICE']._serialized_end=828
+  _globals['_DATASETSSPEC']._serialized_end=399
+  _globals['_DATASETSSUBMIT']._serialized_start=401
+  _globals['_DATASETSSUBMIT']._serialized_end=504
+  _globals['_DATASETSERVICE']._serialized_start=507
+  _globals['_DATASETSERVICE']._serialized_end=849
 # @@protoc_insertion_point(module_scope)

@@ -19,7 +19,7 @@ class TokenizerSpec(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., vocab_size: _Optional[int] = ..., gpt2_dir: _Optional[str] = ...) -> None: ...
 
 class DatasetsSpec(_message.Message):
-    __slots__ = ("sources", "mirror_dir", "required", "optional", "max_examples_per_dataset", "seq_len", "val_fraction", "tokenizer")
+    __slots__ = ("sources", "mirror_dir", "required", "optional", "max_examples_per_dataset", "seq_len", "val_fraction", "tokenizer", "on_bad_line")
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     MIRROR_DIR_FIELD_NUMBER: _ClassVar[int]
     REQUIRED_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class DatasetsSpec(_message.Message):
     SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
     VAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    ON_BAD_LINE_FIELD_NUMBER: _ClassVar[int]
     sources: _containers.RepeatedScalarFieldContainer[str]
     mirror_dir: str
     required: _containers.RepeatedScalarFieldContainer[str]
@@ -36,7 +37,8 @@ class DatasetsSpec(_message.Message):
     seq_len: int
     val_fraction: float
     tokenizer: TokenizerSpec
-    def __init__(self, sources: _Optional[_Iterable[str]] = ..., mirror_dir: _Optional[str] = ..., required: _Optional[_Iterable[str]] = ..., optional: _Optional[_Iterable[str]] = ..., max_examples_per_dataset: _Optional[int] = ..., seq_len: _Optional[int] = ..., val_fraction: _Optional[float] = ..., tokenizer: _Optional[_Union[TokenizerSpec, _Mapping]] = ...) -> None: ...
+    on_bad_line: str
+    def __init__(self, sources: _Optional[_Iterable[str]] = ..., mirror_dir: _Optional[str] = ..., required: _Optional[_Iterable[str]] = ..., optional: _Optional[_Iterable[str]] = ..., max_examples_per_dataset: _Optional[int] = ..., seq_len: _Optional[int] = ..., val_fraction: _Optional[float] = ..., tokenizer: _Optional[_Union[TokenizerSpec, _Mapping]] = ..., on_bad_line: _Optional[str] = ...) -> None: ...
 
 class DatasetsSubmit(_message.Message):
     __slots__ = ("context", "spec")

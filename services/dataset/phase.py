@@ -4,6 +4,14 @@ from agentforge.v1 import dataset_pb2, dataset_pb2_grpc
 from shared.config.schema import DatasetsConfig
 from shared.runtime.phase import PhaseDefinition
 
+
+def _runner():
+    # imported on first use: discovery must stay cheap (it imports every phase.py)
+    from services.dataset.core.runner import DatasetsRunner
+
+    return DatasetsRunner()
+
+
 PHASE = PhaseDefinition(
     phase="datasets",
     service="dataset",
@@ -15,6 +23,5 @@ PHASE = PhaseDefinition(
     add_servicer=dataset_pb2_grpc.add_DatasetServiceServicer_to_server,
     depends_on=(),
     issue=4,
-    # No runner yet: Validate checks the spec, Submit answers UNIMPLEMENTED naming issue #4.
-    runner_factory=None,
+    runner_factory=_runner,
 )

@@ -62,6 +62,8 @@ class DatasetsConfig(Section):
     max_examples_per_dataset: PosInt = Field(description="cap per dataset and split")
     seq_len: Annotated[int, Field(ge=8)] = Field(description="tokens per training sequence")
     val_fraction: Annotated[float, Field(gt=0, lt=0.5)] = Field(description="held-out share of train data")
+    on_bad_line: Literal["skip", "fail"] = Field(description="a malformed source line: skip (counted and "
+                                                 "reported in the manifest) or fail the phase")
     tokenizer: TokenizerConfig
 
     @model_validator(mode="after")

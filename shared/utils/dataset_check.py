@@ -134,6 +134,9 @@ def _find_in_mirror(name: str, mirror: Path, rel_paths: Sequence[str]) -> tuple[
     return None, "mirror: " + "; ".join(reasons)
 
 
+ALIASES_TO_CANONICAL = {"Mini-MBPP": "MBPP"}
+
+
 def validate_dataset_availability(
     required: Iterable[str] = CHECKLIST_DATASETS,
     *,
@@ -143,6 +146,7 @@ def validate_dataset_availability(
     paths: Mapping[str, Sequence[str]] | None = None,
     hub_ids: Mapping[str, str] | None = None,
     hub_probe: Callable[[str], bool] | None = None,
+    prepared_dir: str | Path | None = None,
 ) -> dict[str, DatasetSource]:
     """Find a source for every dataset; return {name: DatasetSource} for those found.
 
@@ -151,6 +155,10 @@ def validate_dataset_availability(
     directory with a data file somewhere below it (DATA_SUFFIXES); (2) the hub: `hub_ids[name]`
     (default HUB_IDS) when the hub is not offline (`hub_offline`, else HF_HUB_OFFLINE /
     HF_DATASETS_OFFLINE) and `hub_probe(repo_id)` (default: one metadata request) returns True.
+
+    With `prepared_dir` (the datasets phase's output), the prepared curriculum is consulted first: its
+    manifest is integrity-checked (file hashes and counts) and a dataset it holds is found there, with the
+    source it was prepared from (kind "prepared:<source>").
 
     A missing `optional` dataset is logged as a warning and left out of the result; missing `required`
     ones raise DatasetUnavailableError naming every missing dataset and every source tried.
@@ -163,11 +171,23 @@ def validate_dataset_availability(
     offline = hub_is_offline(hub_offline)
     mirror = Path(mirror_dir).expanduser() if mirror_dir is not None else None
 
+    prepared = {}
+    if prepared_dir is not None:
+        from shared.data.prepared import verify_prepared  # the manifest format lives with the data code
+
+        prepared = verify_prepared(Path(prepared_dir), required=[])["datasets"]
     found: dict[str, DatasetSource] = {}
     missing: dict[str, list[str]] = {}
     for name in required + optional:
         tried: list[str] = []
         source = None
+        entry = prepared.get(ALIASES_TO_CANONICAL.get(name, name))
+        if entry is not None:
+            found[name] = DatasetSource(kind=f"prepared:{entry['source']}", location=str(prepared_dir),
+                                        files=tuple(f["file"] for f in entry["files"].values()))
+            continue
+        if prepared_dir is not None:
+            tried.append(f"prepared: not in {prepared_dir}")
         if mirror is None:
             tried.append("mirror: no mirror_dir given")
         elif not mirror.is_dir():

@@ -13,7 +13,7 @@ from agentforge.v1 import common_pb2, coordinator_pb2
 from services.coordinator.core.gates import judge
 from shared.config import load_profile
 from shared.config.load import CONFIG_DIR
-from tests.coordinator.cluster import Cluster
+from tests.coordinator.cluster import Cluster, passing_metrics
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -71,7 +71,7 @@ def test_two_lease_holding_jobs_are_serialized_by_a_capacity_one_lease(cluster):
 
 
 def test_a_gate_fails_on_a_missing_metric_and_approve_continues(cluster):
-    metrics = dict(cluster_passing := __import__("tests.coordinator.cluster", fromlist=["x"]).passing_metrics("cognate"))
+    metrics = passing_metrics("cognate")
     metrics.pop("cognate/memory_diversity")
     cluster.behaviour["cognate"].metrics = metrics
     run_id = cluster.create()
@@ -93,7 +93,7 @@ def test_a_gate_fails_on_a_missing_metric_and_approve_continues(cluster):
 
 
 def test_a_gate_that_may_not_be_approved_stays_closed(cluster):
-    metrics = __import__("tests.coordinator.cluster", fromlist=["x"]).passing_metrics("datasets")
+    metrics = passing_metrics("datasets")
     metrics["datasets/required_available_fraction"] = 0.5
     cluster.behaviour["datasets"].metrics = metrics
     run_id = cluster.create()
