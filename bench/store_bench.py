@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import platform
 import shutil
 import statistics
@@ -25,8 +24,8 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import append_section, machine  # noqa: E402 - bench/ is not a package
 
 import torch  # noqa: E402
 
@@ -34,13 +33,6 @@ from shared.storage import ArtifactStore, LocalStore, S3Store, save_tensors, sha
 from tests.s3_server import SeaweedServer, find_weed  # noqa: E402
 
 log = logging.getLogger("store_bench")
-RESULTS = REPO / "bench" / "RESULTS.md"
-HEADER = """# Benchmark results
-
-Each section below is one run of a benchmark script in bench/, appended by the script itself: the date,
-the machine (platform, CPU model, cores, RAM), library versions and thread count, then its figures. Numbers
-compare only within one section (same machine, same run); gates never use them (DESIGN.md §7).
-"""
 
 
 def make_checkpoint(path: Path, megabytes: int) -> int:
@@ -87,19 +79,6 @@ def bench_store(store: ArtifactStore, ckpt: Path, work: Path, repeats: int) -> d
     return out
 
 
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem_kb = next(int(x.split()[1]) for x in Path("/proc/meminfo").read_text().splitlines()
-                      if x.startswith("MemTotal"))
-        ram = f"{mem_kb / 2**20:.1f} GiB"
-    except (OSError, StopIteration):
-        ram = "unknown"
-    return {"platform": platform.platform(), "cpu": cpu, "cores": str(os.cpu_count()), "ram": ram}
 
 
 def weed_release(weed: str) -> str:
@@ -153,11 +132,7 @@ def main() -> None:
                 "LocalStore": bench_store(LocalStore(work / "local"), ckpt, work, args.repeats),
             }
     section = report(size_mb, results, sha_s, weed_version, args.repeats)
-    if not RESULTS.exists():
-        RESULTS.write_text(HEADER)
-    with RESULTS.open("a") as fh:
-        fh.write(section)
-    sys.stdout.write(section + "\n")
+    append_section(section)
 
 
 if __name__ == "__main__":

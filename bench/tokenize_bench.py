@@ -30,17 +30,10 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, append_section, machine  # noqa: E402 - bench/ is not a package
 DATASETS = REPO.parent / "shared" / "datasets"
 GPT2_DIR = REPO.parent / "shared" / "tokenizers" / "gpt2"
-RESULTS = REPO / "bench" / "RESULTS.md"
-HEADER = """# Benchmark results
-
-Each section below is one run of a benchmark script in bench/, appended by the script itself: the date,
-the machine (platform, CPU model, cores, RAM), library versions and thread count, then its figures. Numbers
-compare only within one section (same machine, same run); gates never use them (DESIGN.md §7).
-"""
 _HEADING = re.compile(r"^ = [^=].* = $")
 
 log = logging.getLogger("tokenize_bench")
@@ -93,17 +86,6 @@ def median_time(fn: Callable[[], int], repeats: int) -> tuple[float, int]:
     return statistics.median(times), out
 
 
-def machine() -> dict[str, str]:
-    cpu, ram = "unknown", "unknown"
-    try:
-        cpu = next(x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
-                   if x.startswith("model name"))
-        mem_kb = next(int(x.split()[1]) for x in Path("/proc/meminfo").read_text().splitlines()
-                      if x.startswith("MemTotal"))
-        ram = f"{mem_kb / 2**20:.1f} GiB"
-    except (OSError, StopIteration):
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cores": str(os.cpu_count()), "ram": ram}
 
 
 def main() -> None:
@@ -173,11 +155,7 @@ def main() -> None:
         lines.append(f"| {name} | {path} | {tokens:,} | {seconds:.3f} | {tokens / seconds:,.0f} | {ratio} |")
     lines.append("")
     section = "\n".join(lines)
-    if not RESULTS.exists():
-        RESULTS.write_text(HEADER)
-    with RESULTS.open("a") as fh:
-        fh.write(section)
-    sys.stdout.write(section + "\n")
+    append_section(section)
 
 
 def _by_dataset(records: list) -> dict[str, list]:

@@ -237,6 +237,15 @@ class PhasesConfig(Section):
     bitnet: BitNetConfig
 
 
+class EvaluationConfig(Section):
+    """Evaluation sizes every phase uses (shared.evaluation); 0 means the full split."""
+
+    gsm8k_limit: NonNegInt = Field(description="GSM8K items scored by generation (a fixed, deterministic subset)")
+    multiple_choice_limit: NonNegInt = Field(description="items per multiple-choice benchmark")
+    max_new_tokens: PosInt = Field(description="generation budget per GSM8K item")
+    perplexity_seq_len: PosInt = Field(description="window for WikiText perplexity")
+
+
 class PhaseScheduling(Section):
     needs_accelerator: bool = Field(description="the phase's job holds an accelerator lease while it runs")
 
@@ -310,6 +319,7 @@ class Profile(Section):
     runtime: RuntimeConfig
     telemetry: TelemetryConfig
     coordinator: CoordinatorConfig
+    evaluation: EvaluationConfig
     phases: PhasesConfig
     gates: GatesConfig
 

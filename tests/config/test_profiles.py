@@ -133,3 +133,9 @@ def test_profiles_are_frozen():
     with pytest.raises(Exception):
         p.seed = 3  # type: ignore[misc]
     assert copy.deepcopy(p) == p
+
+
+def test_evaluation_sizes_follow_the_profile():
+    assert load_profile("tiny").evaluation.gsm8k_limit == 100
+    assert load_profile("default").evaluation.gsm8k_limit == 0  # the full set
+    assert 0 < load_profile("ci").evaluation.gsm8k_limit < 100

@@ -1,0 +1,46 @@
+"""What every benchmark shares: the machine description and appending a section to bench/RESULTS.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+RESULTS = REPO / "bench" / "RESULTS.md"
+HEADER = """# Benchmark results
+
+Each section below is one run of a benchmark script in bench/, appended by the script itself: the date,
+the machine (platform, CPU model, cores, RAM), library versions and thread count, then its figures. Numbers
+compare only within one section (same machine, same run); gates never use them (DESIGN.md §7).
+"""
+
+
+def machine() -> dict[str, str]:
+    cpu, ram = "unknown", "unknown"
+    try:
+        cpu = next(x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
+                   if x.startswith("model name"))
+        mem_kb = next(int(x.split()[1]) for x in Path("/proc/meminfo").read_text().splitlines()
+                      if x.startswith("MemTotal"))
+        ram = f"{mem_kb / 2**20:.1f} GiB"
+    except (OSError, StopIteration):
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cores": str(os.cpu_count()), "ram": ram}
+
+
+def machine_line() -> str:
+    m = machine()
+    return f"- machine: {m['platform']}; CPU {m['cpu']}; {m['cores']} cores; {m['ram']} RAM"
+
+
+def append_section(section: str) -> None:
+    """Append a Markdown section (it starts with its own '## ' heading) and echo it."""
+    if not RESULTS.exists():
+        RESULTS.write_text(HEADER)
+    with RESULTS.open("a") as fh:
+        fh.write(section)
+    sys.stdout.write(section + "\n")
