@@ -26,7 +26,7 @@ from agentforge.v1 import common_pb2 as agentforge_dot_v1_dot_common__pb2
 from agentforge.v1 import job_pb2 as agentforge_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61gentforge/v1/cognate.proto\x12\ragentforge.v1\x1a\x1a\x61gentforge/v1/common.proto\x1a\x17\x61gentforge/v1/job.proto\"\x92\x02\n\tModelSpec\x12\x12\n\nnum_layers\x18\x01 \x01(\x05\x12\x12\n\nhidden_dim\x18\x02 \x01(\x05\x12\x11\n\tnum_heads\x18\x03 \x01(\x05\x12\x12\n\nvocab_size\x18\x04 \x01(\x05\x12\x13\n\x0bmax_seq_len\x18\x05 \x01(\x05\x12\x0e\n\x06window\x18\x06 \x01(\x05\x12\x19\n\x11persistent_tokens\x18\x07 \x01(\x05\x12\x11\n\tltm_slots\x18\x08 \x01(\x05\x12\x19\n\x11memory_chunk_size\x18\t \x01(\x05\x12\x16\n\x0en_latent_steps\x18\n \x01(\x05\x12\x10\n\x08t_cycles\x18\x0b \x01(\x05\x12\r\n\x05n_sup\x18\x0c \x01(\x05\x12\x0f\n\x07\x64ropout\x18\r \x01(\x01\"[\n\nMixWeights\x12\x0c\n\x04math\x18\x01 \x01(\x01\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x01\x12\n\n\x02qa\x18\x03 \x01(\x01\x12\x13\n\x0b\x63ommonsense\x18\x04 \x01(\x01\x12\x10\n\x08language\x18\x05 \x01(\x01\"\x8e\x01\n\x0e\x43ognateVariant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x03 \x01(\x05\x12\x15\n\ract_threshold\x18\x04 \x01(\x01\x12\x11\n\tltm_slots\x18\x05 \x01(\x05\x12&\n\x03mix\x18\x06 \x01(\x0b\x32\x19.agentforge.v1.MixWeights\"\xc3\x02\n\x0b\x43ognateSpec\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.agentforge.v1.ModelSpec\x12/\n\x08variants\x18\x02 \x03(\x0b\x32\x1d.agentforge.v1.CognateVariant\x12\x11\n\tinit_seed\x18\x03 \x01(\x05\x12\x17\n\x0fwarmup_fraction\x18\x04 \x01(\x01\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12\x19\n\x11grad_accumulation\x18\x06 \x01(\x05\x12\x11\n\tgrad_clip\x18\x07 \x01(\x01\x12\x1b\n\x13max_steps_per_epoch\x18\x08 \x01(\x05\x12\x1e\n\x16\x63heckpoint_every_steps\x18\t \x01(\x05\x12/\n\toptimizer\x18\n \x01(\x0b\x32\x1c.agentforge.v1.OptimizerSpec\"e\n\rCognateSubmit\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.agentforge.v1.JobContext\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.agentforge.v1.CognateSpec2\xd4\x02\n\x0e\x43ognateService\x12G\n\x08Validate\x12\x1a.agentforge.v1.CognateSpec\x1a\x1f.agentforge.v1.ValidateResponse\x12@\n\x06Submit\x12\x1c.agentforge.v1.CognateSubmit\x1a\x18.agentforge.v1.JobStatus\x12\x44\n\x05Watch\x12\x1b.agentforge.v1.WatchRequest\x1a\x1c.agentforge.v1.ProgressEvent0\x01\x12\x39\n\x06\x43\x61ncel\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatus\x12\x36\n\x03Get\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61gentforge/v1/cognate.proto\x12\ragentforge.v1\x1a\x1a\x61gentforge/v1/common.proto\x1a\x17\x61gentforge/v1/job.proto\"\xa6\x02\n\tModelSpec\x12\x12\n\nnum_layers\x18\x01 \x01(\x05\x12\x12\n\nhidden_dim\x18\x02 \x01(\x05\x12\x11\n\tnum_heads\x18\x03 \x01(\x05\x12\x12\n\nvocab_size\x18\x04 \x01(\x05\x12\x13\n\x0bmax_seq_len\x18\x05 \x01(\x05\x12\x0e\n\x06window\x18\x06 \x01(\x05\x12\x19\n\x11persistent_tokens\x18\x07 \x01(\x05\x12\x11\n\tltm_slots\x18\x08 \x01(\x05\x12\x19\n\x11memory_chunk_size\x18\t \x01(\x05\x12\x16\n\x0en_latent_steps\x18\n \x01(\x05\x12\x10\n\x08t_cycles\x18\x0b \x01(\x05\x12\r\n\x05n_sup\x18\x0c \x01(\x05\x12\x0f\n\x07\x64ropout\x18\r \x01(\x01\x12\x12\n\nmemory_dim\x18\x0e \x01(\x05\"[\n\nMixWeights\x12\x0c\n\x04math\x18\x01 \x01(\x01\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x01\x12\n\n\x02qa\x18\x03 \x01(\x01\x12\x13\n\x0b\x63ommonsense\x18\x04 \x01(\x01\x12\x10\n\x08language\x18\x05 \x01(\x01\"\x8e\x01\n\x0e\x43ognateVariant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x03 \x01(\x05\x12\x15\n\ract_threshold\x18\x04 \x01(\x01\x12\x11\n\tltm_slots\x18\x05 \x01(\x05\x12&\n\x03mix\x18\x06 \x01(\x0b\x32\x19.agentforge.v1.MixWeights\"\xc3\x02\n\x0b\x43ognateSpec\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.agentforge.v1.ModelSpec\x12/\n\x08variants\x18\x02 \x03(\x0b\x32\x1d.agentforge.v1.CognateVariant\x12\x11\n\tinit_seed\x18\x03 \x01(\x05\x12\x17\n\x0fwarmup_fraction\x18\x04 \x01(\x01\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12\x19\n\x11grad_accumulation\x18\x06 \x01(\x05\x12\x11\n\tgrad_clip\x18\x07 \x01(\x01\x12\x1b\n\x13max_steps_per_epoch\x18\x08 \x01(\x05\x12\x1e\n\x16\x63heckpoint_every_steps\x18\t \x01(\x05\x12/\n\toptimizer\x18\n \x01(\x0b\x32\x1c.agentforge.v1.OptimizerSpec\"e\n\rCognateSubmit\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.agentforge.v1.JobContext\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.agentforge.v1.CognateSpec2\xd4\x02\n\x0e\x43ognateService\x12G\n\x08Validate\x12\x1a.agentforge.v1.CognateSpec\x1a\x1f.agentforge.v1.ValidateResponse\x12@\n\x06Submit\x12\x1c.agentforge.v1.CognateSubmit\x1a\x18.agentforge.v1.JobStatus\x12\x44\n\x05Watch\x12\x1b.agentforge.v1.WatchRequest\x1a\x1c.agentforge.v1.ProgressEvent0\x01\x12\x39\n\x06\x43\x61ncel\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatus\x12\x36\n\x03Get\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,15 +34,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentforge.v1.cognate_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELSPEC']._serialized_start=100
-  _globals['_MODELSPEC']._serialized_end=374
-  _globals['_MIXWEIGHTS']._serialized_start=376
-  _globals['_MIXWEIGHTS']._serialized_end=467
-  _globals['_COGNATEVARIANT']._serialized_start=470
-  _globals['_COGNATEVARIANT']._serialized_end=612
-  _globals['_COGNATESPEC']._serialized_start=615
-  _globals['_COGNATESPEC']._serialized_end=938
-  _globals['_COGNATESUBMIT']._serialized_start=940
-  _globals['_COGNATESUBMIT']._serialized_end=1041
-  _globals['_COGNATESERVICE']._serialized_start=1044
-  _globals['_COGNATESERVICE']._serialized_end=1384
+  _globals['_MODELSPEC']._serialized_end=394
+  _globals['_MIXWEIGHTS']._serialized_start=396
+  _globals['_MIXWEIGHTS']._serialized_end=487
+  _globals['_COGNATEVARIANT']._serialized_start=490
+  _globals['_COGNATEVARIANT']._serialized_end=632
+  _globals['_COGNATESPEC']._serialized_start=635
+  _globals['_COGNATESPEC']._serialized_end=958
+  _globals['_COGNATESUBMIT']._serialized_start=960
+  _globals['_COGNATESUBMIT']._serialized_end=1061
+  _globals['_COGNATESERVICE']._serialized_start=1064
+  _globals['_COGNATESERVICE']._serialized_end=1404
 # @@protoc_insertion_point(module_scope)

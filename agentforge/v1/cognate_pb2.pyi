@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ModelSpec(_message.Message):
-    __slots__ = ("num_layers", "hidden_dim", "num_heads", "vocab_size", "max_seq_len", "window", "persistent_tokens", "ltm_slots", "memory_chunk_size", "n_latent_steps", "t_cycles", "n_sup", "dropout")
+    __slots__ = ("num_layers", "hidden_dim", "num_heads", "vocab_size", "max_seq_len", "window", "persistent_tokens", "ltm_slots", "memory_chunk_size", "n_latent_steps", "t_cycles", "n_sup", "dropout", "memory_dim")
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_DIM_FIELD_NUMBER: _ClassVar[int]
     NUM_HEADS_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class ModelSpec(_message.Message):
     T_CYCLES_FIELD_NUMBER: _ClassVar[int]
     N_SUP_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_DIM_FIELD_NUMBER: _ClassVar[int]
     num_layers: int
     hidden_dim: int
     num_heads: int
@@ -36,7 +37,8 @@ class ModelSpec(_message.Message):
     t_cycles: int
     n_sup: int
     dropout: float
-    def __init__(self, num_layers: _Optional[int] = ..., hidden_dim: _Optional[int] = ..., num_heads: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., window: _Optional[int] = ..., persistent_tokens: _Optional[int] = ..., ltm_slots: _Optional[int] = ..., memory_chunk_size: _Optional[int] = ..., n_latent_steps: _Optional[int] = ..., t_cycles: _Optional[int] = ..., n_sup: _Optional[int] = ..., dropout: _Optional[float] = ...) -> None: ...
+    memory_dim: int
+    def __init__(self, num_layers: _Optional[int] = ..., hidden_dim: _Optional[int] = ..., num_heads: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., window: _Optional[int] = ..., persistent_tokens: _Optional[int] = ..., ltm_slots: _Optional[int] = ..., memory_chunk_size: _Optional[int] = ..., n_latent_steps: _Optional[int] = ..., t_cycles: _Optional[int] = ..., n_sup: _Optional[int] = ..., dropout: _Optional[float] = ..., memory_dim: _Optional[int] = ...) -> None: ...
 
 class MixWeights(_message.Message):
     __slots__ = ("math", "code", "qa", "commonsense", "language")

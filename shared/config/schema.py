@@ -87,6 +87,8 @@ class ModelConfig(Section):
     window: PosInt = Field(description="causal sliding-window attention span")
     persistent_tokens: NonNegInt = Field(description="learned tokens visible from every position")
     ltm_slots: PosInt = Field(description="neural-memory hidden width (largest variant's capacity)")
+    memory_dim: PosInt = Field(description="neural-memory key/value width (the fast weights are "
+                               "ltm_slots x memory_dim per layer and sequence)")
     memory_chunk_size: PosInt = Field(description="tokens per memory update chunk")
     n_latent_steps: PosInt = Field(description="TRM n: latent updates per cycle")
     t_cycles: PosInt = Field(description="TRM T: recursion cycles (first T-1 without grad)")
