@@ -12,7 +12,6 @@ from pathlib import Path
 from shared.errors import FailedPreconditionError, NotFoundError
 from shared.model.config import TRMTitansMAGConfig
 from shared.model.modeling import TRMTitansMAG
-from shared.storage.formats import check_safetensors_file
 
 
 def save_model(model: TRMTitansMAG, directory: str | Path) -> Path:
@@ -33,6 +32,8 @@ def load_model(directory: str | Path, **kwargs) -> TRMTitansMAG:
     weights = sorted(directory.glob("*.safetensors"))
     if not weights:
         raise NotFoundError(f"{directory} has no .safetensors weights (pickled weights are never loaded)")
+    from shared.storage.formats import check_safetensors_file  # the store stack is only needed here
+
     for path in weights:
         check_safetensors_file(path)
     return TRMTitansMAG.from_pretrained(directory, use_safetensors=True, **kwargs)

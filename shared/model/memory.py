@@ -52,16 +52,19 @@ def _silu_grad(h: Tensor) -> Tensor:
 
 
 def _decay_matrix(g: Tensor) -> tuple[Tensor, Tensor]:
-    """For factors g (B, C): A[t, i] = Π_{i<j≤t} g_j (i ≤ t, else 0) and P[t] = Π_{j≤t} g_j."""
-    rows = []
-    prev = None
+    """For factors g (B, C) in [0, 1]: A[t, i] = Π_{i<j≤t} g_j (i ≤ t, else 0) and P[t] = Π_{j≤t} g_j.
+
+    Closed form through cumulative log-sums (no per-token loop): A[t, i] = exp(cs_t − cs_i). Computed in at
+    least float32; a factor of exactly 0 is clamped to 1e-30, whose products underflow to 0 as they should.
+    """
+    work = g.to(torch.promote_types(g.dtype, torch.float32)).clamp_min(1e-30)
+    cs = torch.cumsum(torch.log(work), dim=1)                         # (B, C)
+    diff = cs.unsqueeze(2) - cs.unsqueeze(1)                          # (B, C, C): cs_t − cs_i
     c = g.shape[1]
-    eye = torch.eye(c, dtype=g.dtype, device=g.device)
-    for t in range(c):
-        row = eye[t].expand_as(g) if prev is None else prev * g[:, t:t + 1] + eye[t]
-        rows.append(row)
-        prev = row
-    return torch.stack(rows, dim=1), torch.cumprod(g, dim=1)
+    lower = torch.ones(c, c, dtype=torch.bool, device=g.device).tril()
+    a = torch.where(lower, torch.exp(diff.masked_fill(~lower, 0.0)), torch.zeros((), dtype=work.dtype,
+                                                                                   device=g.device))
+    return a.to(g.dtype), torch.exp(cs).to(g.dtype)
 
 
 def memory_scan(k: Tensor, v: Tensor, q: Tensor, eta: Tensor, theta: Tensor, alpha: Tensor,
