@@ -34,9 +34,9 @@ OWNERS = {
     "generate": ("shared.model:TRMTitansMAG", 5),
     "load_model": ("shared.model", 5),
     # issue 6: Cognate
-    "validate_diversity": ("services.cognate.core", 6),
-    "validate": ("services.cognate.core", 6),
-    "criterion": ("services.cognate.core", 6),
+    "validate_diversity": ("services.cognate.core.diversity", 6),
+    "validate": ("services.cognate.core.runner", 6),
+    "criterion": ("services.cognate.core.trainer", 6),
     "evaluate_perplexity": ("shared.evaluation", 4),
     "evaluate_gsm8k": ("shared.evaluation", 4),
     "evaluate_arc": ("shared.evaluation", 4),

@@ -6,7 +6,8 @@ The memory is a 2-layer MLP  M(k) = W2 · (silu(W1 · k) ⊙ mask)  whose weight
 updated inside the forward pass by gradient descent on the associative loss ℓ_t = ‖M(k_t) − v_t‖², with
 data-dependent momentum η_t, step θ_t and forgetting α_t:
 
-    S_t = η_t · S_{t−1} − θ_t · ∇ℓ_t          (momentum: "surprise")
+    S_t = η_t · S_{t−1} − θ̂_t · ∇ℓ_t         (momentum: "surprise"; θ̂_t = θ_t / (1 + ‖a_t‖²), a
+                                                 normalised-LMS step, see _normalised_step)
     D_t = (1 − α_t) · D_{t−1} + S_t            (forgetting pulls the memory back to its learned initial
     W_t = W_init + D_t                          weights W_init, so with θ = 0 the memory is static)
 
@@ -67,6 +68,12 @@ def _decay_matrix(g: Tensor) -> tuple[Tensor, Tensor]:
     return a.to(g.dtype), torch.exp(cs).to(g.dtype)
 
 
+def _normalised_step(theta: Tensor, a: Tensor) -> Tensor:
+    """θ_t / (1 + ‖a_t‖²), with a_t the hidden activation at the chunk-start weights: the normalised-LMS step,
+    so the write W2 ← W2 − 2θ e aᵀ can never overshoot (plain θ diverges once ‖a‖² is large)."""
+    return theta / (1 + a.pow(2).sum(-1))
+
+
 def memory_scan(k: Tensor, v: Tensor, q: Tensor, eta: Tensor, theta: Tensor, alpha: Tensor,
                 w1_init: Tensor, w2_init: Tensor, mask: Tensor, chunk: int,
                 state: MemoryState | None = None) -> tuple[Tensor, MemoryState]:
@@ -88,6 +95,7 @@ def memory_scan(k: Tensor, v: Tensor, q: Tensor, eta: Tensor, theta: Tensor, alp
         a = F.silu(h) * mask
         e = torch.einsum("bds,bcs->bcd", w2, a) - vc        # (B, C, D)
         u = 2 * torch.einsum("bds,bcd->bcs", w2, e) * _silu_grad(h) * mask   # (B, C, S)
+        th = _normalised_step(th, a)                        # normalised LMS: stable for θ ≤ 1
         a_eta, p_eta = _decay_matrix(et)                    # (B, C, C), (B, C)
         a_keep, p_keep = _decay_matrix(1 - al)
         w = a_keep @ a_eta                                  # D_t's weight on update i
@@ -131,8 +139,9 @@ def naive_memory(k: Tensor, v: Tensor, q: Tensor, eta: Tensor, theta: Tensor, al
         u = 2 * torch.einsum("bds,bd->bs", w2_0, e) * _silu_grad(h) * mask
         g1 = torch.einsum("bs,bd->bsd", u, k[:, t])
         g2 = 2 * torch.einsum("bd,bs->bds", e, a)
-        s1 = eta[:, t, None, None] * s1 - theta[:, t, None, None] * g1
-        s2 = eta[:, t, None, None] * s2 - theta[:, t, None, None] * g2
+        step = _normalised_step(theta[:, t], a)
+        s1 = eta[:, t, None, None] * s1 - step[:, None, None] * g1
+        s2 = eta[:, t, None, None] * s2 - step[:, None, None] * g2
         d1 = (1 - alpha[:, t, None, None]) * d1 + s1
         d2 = (1 - alpha[:, t, None, None]) * d2 + s2
         hq = torch.einsum("bsd,bd->bs", w1_init + d1, q[:, t])

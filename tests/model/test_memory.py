@@ -47,8 +47,9 @@ def test_chunk_one_is_online_gradient_descent_and_differs_from_larger_chunks():
         a = F.silu(torch.einsum("bsd,bd->bs", W1, k[:, t])) * mask
         loss = ((torch.einsum("bds,bs->bd", W2, a) - v[:, t]) ** 2).sum()
         g1, g2 = torch.autograd.grad(loss, (W1, W2))
-        s1 = eta[:, t, None, None] * s1 - theta[:, t, None, None] * g1
-        s2 = eta[:, t, None, None] * s2 - theta[:, t, None, None] * g2
+        step = (theta[:, t] / (1 + a.detach().pow(2).sum(-1)))[:, None, None]   # the normalised-LMS step
+        s1 = eta[:, t, None, None] * s1 - step * g1
+        s2 = eta[:, t, None, None] * s2 - step * g2
         d1 = (1 - alpha[:, t, None, None]) * d1 + s1
         d2 = (1 - alpha[:, t, None, None]) * d2 + s2
         hq = F.silu(torch.einsum("bsd,bd->bs", w1 + d1, q[:, t])) * mask
@@ -97,7 +98,7 @@ def test_a_token_older_than_the_window_reaches_position_t_only_through_a_learnin
 
 def test_recall_of_stored_pairs_beats_unseen_keys_and_improves_with_capacity():
     g = torch.Generator().manual_seed(3)
-    d, pairs, reps = 8, 6, 12
+    d, pairs, reps = 8, 16, 12
     keys = F.normalize(torch.randn(1, pairs, d, generator=g, dtype=F64), dim=-1)
     values = torch.randn(1, pairs, d, generator=g, dtype=F64)
     unseen = F.normalize(torch.randn(1, pairs, d, generator=g, dtype=F64), dim=-1)
@@ -105,7 +106,7 @@ def test_recall_of_stored_pairs_beats_unseen_keys_and_improves_with_capacity():
     v = values.repeat(1, reps, 1)
     length = k.shape[1]
     eta, alpha = torch.zeros(1, length, dtype=F64), torch.zeros(1, length, dtype=F64)
-    theta = torch.full((1, length), 0.01, dtype=F64)
+    theta = torch.full((1, length), 0.5, dtype=F64)
     errors = []
     for slots in (4, 16, 64):
         w1 = torch.randn(64, d, generator=torch.Generator().manual_seed(5), dtype=F64)

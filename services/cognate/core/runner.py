@@ -1,0 +1,140 @@
+"""The Cognate phase: one initialisation, a shared warm-up stored as the ancestor, then three variants.
+
+Schedule (DESIGN.md §5): each variant's whole schedule is `epochs × max_steps_per_epoch` steps; the first
+`warmup_fraction` of the shortest schedule is trained once, jointly, from `init_seed` with the default
+category weights — the ancestor. Each variant then continues from the ancestor with its own seed (data order
+and dropout), category mix, memory capacity (`ltm_slots`, the rest of the shared width masked) and halting
+threshold. Epochs map to the three curriculum stages over each variant's own schedule.
+
+Status: training, checkpoints and resume are real; the final metrics computed here are held-out NLL and
+perplexity, the gain over a unigram model of the same data, and mean executed halting steps (the
+deterministic compute proxy). The checklist's task accuracies, memory/compute diversity, the W&B table and the
+loss barrier are not computed yet, so the phase is not registered with the coordinator (issue #6).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from services.cognate.core.data import CognateData, load_cognate_data
+from services.cognate.core.trainer import Segment, Trainer, criterion
+from shared.data.curriculum import DEFAULT_WEIGHTS, Phase1Dataset
+from shared.errors import FailedPreconditionError, InvalidSpecError
+from shared.evaluation import unigram_nll
+from shared.model import TRMTitansMAG, TRMTitansMAGConfig
+from shared.optim import MuonGrokfast
+
+log = logging.getLogger(__name__)
+
+
+def schedule(spec) -> tuple[int, dict[str, int]]:
+    totals = {v.name: v.epochs * spec.max_steps_per_epoch for v in spec.variants}
+    warmup = max(1, round(spec.warmup_fraction * min(totals.values())))
+    return warmup, totals
+
+
+def check_mixes(spec, data: CognateData) -> None:
+    """Every variant's mix must give weight to a category the prepared data has (else it trains nothing)."""
+    present = {r.category for records in data.train.values() for r in records[:1]}
+    for i, v in enumerate(spec.variants):
+        if not any(getattr(v.mix, c) > 0 for c in present):
+            raise InvalidSpecError(f"variant {v.name} weights only categories with no data; present: "
+                                   f"{sorted(present)}", field=f"spec.variants[{i}].mix")
+
+
+def set_capacity(model: TRMTitansMAG, active_slots: int, act_threshold: float) -> None:
+    """A variant's memory capacity (masking the units beyond it) and halting threshold."""
+    for layer in model.net.layers:
+        layer.memory.mask.zero_()
+        layer.memory.mask[:active_slots] = 1.0
+    model.config.active_ltm_slots = active_slots
+    model.config.act_threshold = act_threshold
+
+
+def validation_batches(data: CognateData, tokenizer, seq_len: int, limit: int = 8):
+    ds = Phase1Dataset(data.val, tokenizer, seq_len=seq_len, seed=0, split="val")
+    return list(ds.batches(4, drop_last=False))[:limit]
+
+
+def evaluate(model: TRMTitansMAG, batches, unigram: float) -> dict[str, float]:
+    nll, accuracy = validate(model, batches)
+    model.eval()
+    with torch.no_grad():
+        steps = torch.cat([model(b["input_ids"]).halting_steps.flatten() for b in batches]).mean().item()
+    return {"val_loss": nll, "val_accuracy": accuracy, "perplexity": math.exp(min(nll, 30)),
+            "val_nll_gain_vs_unigram": unigram - nll, "halting_steps": steps}
+
+
+def validate(model: TRMTitansMAG, batches) -> tuple[float, float]:
+    """The checklist's validate: (val loss, val accuracy) = mean next-token NLL and next-token accuracy over
+    the packed validation batches (labels already shifted, -100 ignored), with ACT halting as at inference."""
+    model.eval()
+    total, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for b in batches:
+            logits = model(b["input_ids"]).logits
+            valid = b["labels"] != -100
+            total += criterion(logits, b["labels"]).item() * int(valid.sum())
+            correct += int(((logits.argmax(-1) == b["labels"]) & valid).sum())
+            count += int(valid.sum())
+    if count == 0:
+        raise FailedPreconditionError("the validation split has no target tokens")
+    return total / count, correct / count
+
+
+def unigram_reference(data: CognateData, tokenizer, batches) -> float:
+    counts: Counter[int] = Counter()
+    for b in Phase1Dataset(data.train, tokenizer, seq_len=64, seed=0).batches(16):
+        counts.update(b["input_ids"].flatten().tolist())
+        if sum(counts.values()) > 200_000:
+            break
+    targets = [t for b in batches for t in b["labels"].flatten().tolist() if t != -100]
+    return unigram_nll(counts, targets, vocab_size=len(tokenizer))
+
+
+def train_all(spec, data: CognateData, *, ctx=None, seed: int = 0) -> tuple[dict[str, TRMTitansMAG], dict]:
+    """Warm-up then the three variants; returns {"ancestor", variant names...: model} and metrics."""
+    check_mixes(spec, data)
+    if spec.model.vocab_size < len(data.tokenizer):
+        raise FailedPreconditionError(f"model vocab_size {spec.model.vocab_size} < tokenizer size "
+                                      f"{len(data.tokenizer)}")
+    warmup, totals = schedule(spec)
+    torch.manual_seed(spec.init_seed)
+    cfg = TRMTitansMAGConfig.from_profile(spec.model, active_ltm_slots=spec.model.ltm_slots)
+    ancestor = TRMTitansMAG(cfg)
+
+    def trainer_for(model):
+        opt = MuonGrokfast.from_config(model.named_parameters(), spec.optimizer,
+                                       qk_modules=model.qk_clip_modules(), max_grad_norm=spec.grad_clip)
+        return Trainer(model, opt, data.train, data.tokenizer, seq_len=spec.model.max_seq_len,
+                       batch_size=spec.batch_size, n_sup=spec.model.n_sup,
+                       checkpoint_every=spec.checkpoint_every_steps, ctx=ctx)
+
+    longest = max(v.epochs for v in spec.variants)
+    trainer_for(ancestor).run(Segment("warmup", spec.init_seed, dict(DEFAULT_WEIGHTS), 0, warmup,
+                                      spec.max_steps_per_epoch, longest))
+    models = {"ancestor": ancestor}
+    for v in spec.variants:
+        model = copy.deepcopy(ancestor)
+        set_capacity(model, v.ltm_slots, v.act_threshold)
+        torch.manual_seed(v.seed)
+        trainer_for(model).run(Segment(v.name, v.seed, v.mix.model_dump(), warmup, totals[v.name],
+                                       spec.max_steps_per_epoch, v.epochs))
+        models[v.name] = model
+    batches = validation_batches(data, data.tokenizer, spec.model.max_seq_len)
+    unigram = unigram_reference(data, data.tokenizer, batches)
+    metrics = {name: evaluate(m, batches, unigram) for name, m in models.items()}
+    return models, metrics
+
+
+def train_from_job(ctx) -> tuple[dict[str, TRMTitansMAG], dict]:
+    with tempfile.TemporaryDirectory(prefix="agentforge-cognate-") as tmp:
+        data = load_cognate_data(ctx, Path(tmp))
+        return train_all(ctx.spec, data, ctx=ctx, seed=ctx.request.seed)

@@ -1,0 +1,148 @@
+"""The Cognate training loop: deep supervision over the curriculum, checkpoints, resume.
+
+One *segment* trains one model over a range of its schedule's steps (the shared warm-up, or a variant's
+continuation after the branch point). Per batch, deep supervision: N_sup supervision steps, each with its own
+forward, backward and MuonGrokfast step, (y, z) carried detached (TRM). Every `checkpoint_every` steps the
+model, the optimizer (safetensors), the data position and the RNG state (JSON/tensors) are saved under the
+job's request id, so a job restarted after a crash continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from shared.data.curriculum import IGNORE_INDEX, Phase1Dataset, stage_for_epoch
+from shared.errors import FailedPreconditionError
+from shared.storage.formats import optimizer_state_from_tensors, optimizer_state_to_tensors
+from shared.utils import detect_training_issues
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Segment:
+    name: str                      # "warmup" or a variant name
+    seed: int                      # data order and dropout
+    weights: dict[str, float] | None
+    first_step: int                # schedule step this segment starts at
+    last_step: int                 # schedule step it stops before
+    steps_per_epoch: int
+    total_epochs: int              # the model's whole schedule (stages follow it)
+
+
+@dataclass
+class SegmentResult:
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+    resumed_from: int = 0
+
+
+def criterion(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The checklist's criterion: next-token cross-entropy over (B, L, V) logits and already-shifted targets,
+    -100 ignored; sum / count, so a packed batch holding only prompt tokens gives 0, not NaN."""
+    valid = targets != IGNORE_INDEX
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / valid.sum().clamp(min=1)
+
+
+def deep_supervision_losses(model, ids: torch.Tensor, targets: torch.Tensor, n_sup: int):
+    """Yield (lm_loss, halt_loss) for each supervision step; the caller backpropagates and steps each one.
+    `targets` are already the next tokens (Phase1Dataset's labels), -100 where nothing is learned."""
+    x = model.embed(ids)
+    y, z = model.initial_state(x)
+    for _ in range(n_sup):
+        x = model.embed(ids)
+        y, z = model.supervision_step(x, y.detach(), z.detach())
+        logits, halt_logits = model.heads(y)
+        valid = targets != IGNORE_INDEX
+        lm = criterion(logits, targets)
+        correct = (logits.argmax(-1) == targets).float().detach()
+        per = F.binary_cross_entropy_with_logits(halt_logits.float(), correct, reduction="none")
+        halt = (per * valid).sum() / valid.sum().clamp(min=1)
+        yield lm, halt
+
+
+class Trainer:
+    def __init__(self, model, optimizer, train_records, tokenizer, *, seq_len: int, batch_size: int, n_sup: int,
+                 checkpoint_every: int, ctx=None, log_every: int = 10, on_step=None):
+        self.model, self.opt, self.records, self.tok = model, optimizer, train_records, tokenizer
+        self.seq_len, self.batch_size, self.n_sup = seq_len, batch_size, n_sup
+        self.checkpoint_every, self.ctx, self.log_every, self.on_step = checkpoint_every, ctx, log_every, on_step
+
+    def _dataset(self, seg: Segment, epoch: int) -> Phase1Dataset:
+        stage = stage_for_epoch(epoch, seg.total_epochs)
+        return Phase1Dataset(self.records, self.tok, stage=stage, seq_len=self.seq_len, seed=seg.seed,
+                             dataset_weights=seg.weights, epoch=epoch)
+
+    def checkpoint(self, seg: Segment, step: int, data_state: dict, losses: list[float]) -> None:
+        if self.ctx is None:
+            return
+        opt_tensors, opt_meta = optimizer_state_to_tensors(self.opt.state_dict())
+        self.ctx.save_checkpoint(step, tensors={
+            "model": {k: v.detach().contiguous() for k, v in self.model.state_dict().items()},
+            "optimizer": opt_tensors,
+            "rng": {"torch": torch.get_rng_state()},
+        }, state={"segment": seg.name, "data": data_state, "optimizer_meta": opt_meta, "losses": losses[-500:]})
+
+    def restore(self, seg: Segment) -> tuple[int, dict | None, list[float]]:
+        """(next step, data state, loss history) from the job's latest checkpoint of this segment."""
+        if self.ctx is None:
+            return seg.first_step, None, []
+        ckpt = self.ctx.latest_checkpoint()
+        if ckpt is None or ckpt.state.get("segment") != seg.name:
+            return seg.first_step, None, []
+        model_sd = self.ctx.load_checkpoint_tensors(ckpt, "model")
+        missing, unexpected = self.model.load_state_dict(model_sd, strict=False)
+        if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:
+            raise FailedPreconditionError(f"checkpoint {ckpt.ref.uri} does not fit this model "
+                                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        self.opt.load_state_dict(optimizer_state_from_tensors(self.ctx.load_checkpoint_tensors(ckpt, "optimizer"),
+                                                              ckpt.state["optimizer_meta"]))
+        torch.set_rng_state(self.ctx.load_checkpoint_tensors(ckpt, "rng")["torch"])
+        self.ctx.resumed_from_step = ckpt.step
+        return ckpt.step + 1, ckpt.state["data"], list(ckpt.state["losses"])
+
+    def run(self, seg: Segment) -> SegmentResult:
+        step, data_state, losses = self.restore(seg)
+        result = SegmentResult(losses=losses, resumed_from=step if data_state is not None else 0)
+        self.model.train()
+        start = time.perf_counter()
+        while step < seg.last_step:
+            epoch = step // seg.steps_per_epoch
+            dataset = self._dataset(seg, epoch)
+            if data_state is not None and data_state.get("epoch") == epoch:
+                dataset.load_state_dict(data_state)
+            data_state = None
+            batches = dataset.batches(self.batch_size, drop_last=True)
+            epoch_end = min(seg.last_step, (epoch + 1) * seg.steps_per_epoch)
+            for batch in batches:
+                if step >= epoch_end:
+                    break
+                lm_total = 0.0
+                for lm, halt in deep_supervision_losses(self.model, batch["input_ids"], batch["labels"], self.n_sup):
+                    (lm + halt).backward()
+                    self.opt.step()
+                    self.opt.zero_grad(set_to_none=True)
+                    lm_total = lm.item()              # the last supervision step's loss is the model's loss
+                result.losses.append(lm_total)
+                result.tokens += batch["input_ids"].numel()
+                detect_training_issues(result.losses)
+                if self.on_step is not None:
+                    self.on_step(seg, step, lm_total)
+                if step % self.log_every == 0:
+                    log.info("%s step %d: loss %.3f, ppl %.1f", seg.name, step, lm_total, math.exp(min(lm_total, 30)))
+                if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0:
+                    self.checkpoint(seg, step, dataset.state_dict(), result.losses)
+                step += 1
+            else:
+                step = epoch_end  # the epoch's data ran out before its step budget: next epoch
+        result.seconds = time.perf_counter() - start
+        return result

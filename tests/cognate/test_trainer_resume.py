@@ -1,0 +1,95 @@
+"""The Cognate training loop: a job killed mid-epoch resumes from its last checkpoint and its loss curve
+matches the uninterrupted one; loss falls; a checkpoint of another spec is refused."""
+
+import threading
+
+import pytest
+import torch
+
+from services.cognate.core.trainer import Segment, Trainer
+from shared.config import load_profile
+from shared.data.records import Record
+from shared.errors import FailedPreconditionError
+from shared.data.tokenizer import train_bpe_tokenizer
+from shared.model import TRMTitansMAG, TRMTitansMAGConfig
+from shared.optim import MuonGrokfast
+from shared.runtime.context import JobContext, JobRequest
+from shared.runtime.events import EventLog
+from shared.storage import LocalStore
+
+CI = load_profile("ci").phases.cognate
+
+
+def corpus():
+    texts = [f"the {w} sat on the mat number {i} and counted {i * 3} apples" for i, w in
+             enumerate(["cat", "dog", "owl", "fox", "ant", "bee"] * 20)]
+    records = {"GSM8K": [Record(id=f"GSM8K/{i}", dataset="GSM8K", category="math", split="train",
+                                prompt=f"What is {i} + {i}?", answer=str(2 * i)) for i in range(120)],
+               "WikiText": [Record(id=f"WikiText/{i}", dataset="WikiText", category="language", split="train",
+                                   text=t) for i, t in enumerate(texts)]}
+    tok = train_bpe_tokenizer(texts + [r.prompt for r in records["GSM8K"]], 300)
+    return records, tok
+
+
+def model_for(tok):
+    torch.manual_seed(0)
+    cfg = TRMTitansMAGConfig.from_profile(CI.model.model_copy(update={"vocab_size": len(tok)}), act_threshold=0.9)
+    return TRMTitansMAG(cfg)
+
+
+def make_ctx(tmp_path, spec=CI):
+    return JobContext(job_id="cognate-test", request=JobRequest(request_id="r-resume", phase="cognate"), spec=spec,
+                      store=LocalStore(tmp_path / "store"), events=EventLog(), cancel_event=threading.Event())
+
+
+SEG = Segment(name="warmup", seed=3, weights={"math": 0.5, "language": 0.5}, first_step=0, last_step=8,
+              steps_per_epoch=4, total_epochs=2)
+
+
+def run(tmp_path, records, tok, *, crash_at=None, ctx=None):
+    model = model_for(tok)
+    opt = MuonGrokfast.phase1(model.named_parameters(), qk_modules=model.qk_clip_modules(), max_grad_norm=1.0)
+
+    def on_step(seg, step, loss):
+        if crash_at is not None and step == crash_at:
+            raise KeyboardInterrupt("simulated kill")
+
+    torch.manual_seed(SEG.seed)
+    trainer = Trainer(model, opt, records, tok, seq_len=32, batch_size=2, n_sup=1, checkpoint_every=2, ctx=ctx,
+                      on_step=on_step)
+    return trainer.run(SEG), model
+
+
+def test_a_killed_job_resumes_and_its_loss_curve_matches(tmp_path):
+    records, tok = corpus()
+    full, full_model = run(tmp_path / "a", records, tok, ctx=make_ctx(tmp_path / "a"))
+    ctx = make_ctx(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", records, tok, crash_at=5, ctx=ctx)
+    resumed, resumed_model = run(tmp_path / "b", records, tok, ctx=ctx)
+    assert resumed.resumed_from == 4 and ctx.resumed_from_step == 3   # the step-3 checkpoint: one interval lost
+    assert len(resumed.losses) == len(full.losses) == 8
+    assert resumed.losses == pytest.approx(full.losses, rel=1e-4, abs=1e-4)
+    for (name, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_training_lowers_the_loss(tmp_path):
+    records, tok = corpus()
+    seg = Segment(name="warmup", seed=1, weights={"math": 0.5, "language": 0.5}, first_step=0, last_step=40,
+                  steps_per_epoch=20, total_epochs=2)
+    model = model_for(tok)
+    opt = MuonGrokfast.phase1(model.named_parameters(), qk_modules=model.qk_clip_modules(), max_grad_norm=1.0,
+                              muon_lr=3e-3, adamw_lr=3e-3)
+    result = Trainer(model, opt, records, tok, seq_len=32, batch_size=4, n_sup=1, checkpoint_every=0).run(seg)
+    assert sum(result.losses[-5:]) / 5 < sum(result.losses[:5]) / 5 - 0.3
+
+
+def test_a_checkpoint_written_for_another_spec_is_refused(tmp_path):
+    records, tok = corpus()
+    ctx = make_ctx(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, records, tok, crash_at=3, ctx=ctx)
+    other = make_ctx(tmp_path, spec=CI.model_copy(update={"batch_size": CI.batch_size + 1}))
+    with pytest.raises(FailedPreconditionError, match="refusing to resume"):
+        run(tmp_path, records, tok, ctx=other)
