@@ -41,9 +41,9 @@ OWNERS = {
     "evaluate_gsm8k": ("shared.evaluation", 4),
     "evaluate_arc": ("shared.evaluation", 4),
     "evaluate_piqa": ("shared.evaluation", 4),
-    "measure_avg_halting_steps": ("shared.evaluation.model_metrics", 6),
-    "measure_ltm_usage": ("shared.evaluation.model_metrics", 6),
-    "measure_inference_time": ("shared.evaluation.model_metrics", 6),
+    "measure_avg_halting_steps": ("services.cognate.core.model_metrics", 6),
+    "measure_ltm_usage": ("services.cognate.core.model_metrics", 6),
+    "measure_inference_time": ("services.cognate.core.model_metrics", 6),
     "measure_vram_usage": ("shared.evaluation.model_metrics", 6),
     # issue 7: EvoMerge
     "compute_diversity": ("services.evomerge.core", 7),

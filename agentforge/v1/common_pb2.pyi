@@ -88,3 +88,15 @@ class OptimizerSpec(_message.Message):
     qk_clip_threshold: float
     kl_coefficient: float
     def __init__(self, muon_lr: _Optional[float] = ..., adamw_lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., grokfast_alpha: _Optional[float] = ..., grokfast_lambda: _Optional[float] = ..., qk_clip_threshold: _Optional[float] = ..., kl_coefficient: _Optional[float] = ...) -> None: ...
+
+class EvaluationSpec(_message.Message):
+    __slots__ = ("gsm8k_limit", "multiple_choice_limit", "max_new_tokens", "perplexity_seq_len")
+    GSM8K_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MULTIPLE_CHOICE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PERPLEXITY_SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
+    gsm8k_limit: int
+    multiple_choice_limit: int
+    max_new_tokens: int
+    perplexity_seq_len: int
+    def __init__(self, gsm8k_limit: _Optional[int] = ..., multiple_choice_limit: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., perplexity_seq_len: _Optional[int] = ...) -> None: ...

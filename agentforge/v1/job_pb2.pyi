@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JobContext(_message.Message):
-    __slots__ = ("request_id", "run_id", "phase", "fencing_token", "inputs", "seed", "device", "torch_threads", "profile", "config_hash")
+    __slots__ = ("request_id", "run_id", "phase", "fencing_token", "inputs", "seed", "device", "torch_threads", "profile", "config_hash", "evaluation")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class JobContext(_message.Message):
     TORCH_THREADS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_HASH_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     run_id: str
     phase: str
@@ -29,7 +30,8 @@ class JobContext(_message.Message):
     torch_threads: int
     profile: str
     config_hash: str
-    def __init__(self, request_id: _Optional[str] = ..., run_id: _Optional[str] = ..., phase: _Optional[str] = ..., fencing_token: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., torch_threads: _Optional[int] = ..., profile: _Optional[str] = ..., config_hash: _Optional[str] = ...) -> None: ...
+    evaluation: _common_pb2.EvaluationSpec
+    def __init__(self, request_id: _Optional[str] = ..., run_id: _Optional[str] = ..., phase: _Optional[str] = ..., fencing_token: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., torch_threads: _Optional[int] = ..., profile: _Optional[str] = ..., config_hash: _Optional[str] = ..., evaluation: _Optional[_Union[_common_pb2.EvaluationSpec, _Mapping]] = ...) -> None: ...
 
 class ValidateResponse(_message.Message):
     __slots__ = ("ok", "warnings", "spec_hash")

@@ -4,6 +4,13 @@ from agentforge.v1 import cognate_pb2, cognate_pb2_grpc
 from shared.config.schema import CognateConfig
 from shared.runtime.phase import PhaseDefinition
 
+def _runner():
+    # imported on first use: discovery must stay cheap (it imports every phase.py)
+    from services.cognate.core.job import CognateRunner
+
+    return CognateRunner()
+
+
 PHASE = PhaseDefinition(
     phase="cognate",
     service="cognate",
@@ -15,6 +22,5 @@ PHASE = PhaseDefinition(
     add_servicer=cognate_pb2_grpc.add_CognateServiceServicer_to_server,
     depends_on=('datasets',),
     issue=6,
-    # No runner yet: Validate checks the spec, Submit answers UNIMPLEMENTED naming issue #6.
-    runner_factory=None,
+    runner_factory=_runner,
 )

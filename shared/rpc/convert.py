@@ -46,14 +46,18 @@ def request_from_proto(ctx: job_pb2.JobContext) -> JobRequest:
     return JobRequest(request_id=ctx.request_id, phase=ctx.phase, run_id=ctx.run_id,
                       fencing_token=ctx.fencing_token, inputs=tuple(ref_from_proto(r) for r in ctx.inputs),
                       seed=ctx.seed, device=ctx.device or "cpu", torch_threads=ctx.torch_threads or 1,
-                      profile=ctx.profile, config_hash=ctx.config_hash)
+                      profile=ctx.profile, config_hash=ctx.config_hash,
+                      evaluation=message_to_dict(ctx.evaluation) if ctx.HasField("evaluation") else None)
 
 
 def request_to_proto(req: JobRequest) -> job_pb2.JobContext:
-    return job_pb2.JobContext(request_id=req.request_id, phase=req.phase, run_id=req.run_id,
-                              fencing_token=req.fencing_token, inputs=[ref_to_proto(r) for r in req.inputs],
-                              seed=req.seed, device=req.device, torch_threads=req.torch_threads,
-                              profile=req.profile, config_hash=req.config_hash)
+    msg = job_pb2.JobContext(request_id=req.request_id, phase=req.phase, run_id=req.run_id,
+                             fencing_token=req.fencing_token, inputs=[ref_to_proto(r) for r in req.inputs],
+                             seed=req.seed, device=req.device, torch_threads=req.torch_threads,
+                             profile=req.profile, config_hash=req.config_hash)
+    if req.evaluation is not None:
+        msg.evaluation.CopyFrom(dict_to_message(req.evaluation, common_pb2.EvaluationSpec))
+    return msg
 
 
 def event_to_proto(job_id: str, event: Event) -> common_pb2.ProgressEvent:

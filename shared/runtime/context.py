@@ -37,6 +37,7 @@ class JobRequest:
     torch_threads: int = 1
     profile: str = ""
     config_hash: str = ""
+    evaluation: dict | None = None          # the profile's evaluation section (shared.config EvaluationConfig)
 
     def input(self, name: str) -> ArtifactRef:
         for ref in self.inputs:

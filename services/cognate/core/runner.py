@@ -99,7 +99,8 @@ def unigram_reference(data: CognateData, tokenizer, batches) -> float:
     return unigram_nll(counts, targets, vocab_size=len(tokenizer))
 
 
-def train_all(spec, data: CognateData, *, ctx=None, seed: int = 0) -> tuple[dict[str, TRMTitansMAG], dict]:
+def train_all(spec, data: CognateData, *, ctx=None, seed: int = 0,
+              on_step=None) -> tuple[dict[str, TRMTitansMAG], dict]:
     """Warm-up then the three variants; returns {"ancestor", variant names...: model} and metrics."""
     check_mixes(spec, data)
     if spec.model.vocab_size < len(data.tokenizer):
@@ -110,23 +111,35 @@ def train_all(spec, data: CognateData, *, ctx=None, seed: int = 0) -> tuple[dict
     cfg = TRMTitansMAGConfig.from_profile(spec.model, active_ltm_slots=spec.model.ltm_slots)
     ancestor = TRMTitansMAG(cfg)
 
-    def trainer_for(model):
+    def train_segment(index: int, model, seg: Segment) -> None:
+        """Train one segment, or load its result if this job finished it before a restart."""
+        done_key = ctx.output_key(f"segment-{seg.name}") if ctx is not None else None
+        if done_key is not None and ctx.store.exists(f"{done_key}/manifest.json"):
+            tensors, _ = ctx.store.load_tensors(ctx.store.ref_for(done_key), "model.safetensors")
+            model.load_state_dict(tensors, strict=False)
+            log.info("segment %s was finished before a restart: loaded", seg.name)
+            return
         opt = MuonGrokfast.from_config(model.named_parameters(), spec.optimizer,
                                        qk_modules=model.qk_clip_modules(), max_grad_norm=spec.grad_clip)
-        return Trainer(model, opt, data.train, data.tokenizer, seq_len=spec.model.max_seq_len,
-                       batch_size=spec.batch_size, n_sup=spec.model.n_sup,
-                       checkpoint_every=spec.checkpoint_every_steps, ctx=ctx)
+        Trainer(model, opt, data.train, data.tokenizer, seq_len=spec.model.max_seq_len,
+                batch_size=spec.batch_size, n_sup=spec.model.n_sup, checkpoint_every=spec.checkpoint_every_steps,
+                ctx=ctx, checkpoint_offset=index * 1_000_000,
+                on_step=on_step).run(seg)
+        if ctx is not None:
+            with ctx.open_artifact(f"segment-{seg.name}", kind="checkpoint", config={"segment": seg.name}) as w:
+                w.add_tensors("model.safetensors", {k: v.detach().contiguous()
+                                                    for k, v in model.state_dict().items()}, None)
 
     longest = max(v.epochs for v in spec.variants)
-    trainer_for(ancestor).run(Segment("warmup", spec.init_seed, dict(DEFAULT_WEIGHTS), 0, warmup,
-                                      spec.max_steps_per_epoch, longest))
+    train_segment(0, ancestor, Segment("warmup", spec.init_seed, dict(DEFAULT_WEIGHTS), 0, warmup,
+                                       spec.max_steps_per_epoch, longest))
     models = {"ancestor": ancestor}
-    for v in spec.variants:
+    for i, v in enumerate(spec.variants, start=1):
         model = copy.deepcopy(ancestor)
         set_capacity(model, v.ltm_slots, v.act_threshold)
         torch.manual_seed(v.seed)
-        trainer_for(model).run(Segment(v.name, v.seed, v.mix.model_dump(), warmup, totals[v.name],
-                                       spec.max_steps_per_epoch, v.epochs))
+        train_segment(i, model, Segment(v.name, v.seed, v.mix.model_dump(), warmup, totals[v.name],
+                                        spec.max_steps_per_epoch, v.epochs))
         models[v.name] = model
     batches = validation_batches(data, data.tokenizer, spec.model.max_seq_len)
     unigram = unigram_reference(data, data.tokenizer, batches)

@@ -72,8 +72,11 @@ def deep_supervision_losses(model, ids: torch.Tensor, targets: torch.Tensor, n_s
 
 class Trainer:
     def __init__(self, model, optimizer, train_records, tokenizer, *, seq_len: int, batch_size: int, n_sup: int,
-                 checkpoint_every: int, ctx=None, log_every: int = 10, on_step=None):
+                 checkpoint_every: int, ctx=None, log_every: int = 10, on_step=None, checkpoint_offset: int = 0):
         self.model, self.opt, self.records, self.tok = model, optimizer, train_records, tokenizer
+        # Segments of one job overlap in schedule steps (each variant continues from the warm-up's end), so
+        # their checkpoints are numbered from a per-segment offset to stay distinct and ordered.
+        self.checkpoint_offset = checkpoint_offset
         self.seq_len, self.batch_size, self.n_sup = seq_len, batch_size, n_sup
         self.checkpoint_every, self.ctx, self.log_every, self.on_step = checkpoint_every, ctx, log_every, on_step
 
@@ -86,11 +89,12 @@ class Trainer:
         if self.ctx is None:
             return
         opt_tensors, opt_meta = optimizer_state_to_tensors(self.opt.state_dict())
-        self.ctx.save_checkpoint(step, tensors={
+        self.ctx.save_checkpoint(self.checkpoint_offset + step, tensors={
             "model": {k: v.detach().contiguous() for k, v in self.model.state_dict().items()},
             "optimizer": opt_tensors,
             "rng": {"torch": torch.get_rng_state()},
-        }, state={"segment": seg.name, "data": data_state, "optimizer_meta": opt_meta, "losses": losses[-500:]})
+        }, state={"segment": seg.name, "schedule_step": step, "data": data_state, "optimizer_meta": opt_meta,
+                  "losses": losses[-500:]})
 
     def restore(self, seg: Segment) -> tuple[int, dict | None, list[float]]:
         """(next step, data state, loss history) from the job's latest checkpoint of this segment."""
@@ -107,8 +111,9 @@ class Trainer:
         self.opt.load_state_dict(optimizer_state_from_tensors(self.ctx.load_checkpoint_tensors(ckpt, "optimizer"),
                                                               ckpt.state["optimizer_meta"]))
         torch.set_rng_state(self.ctx.load_checkpoint_tensors(ckpt, "rng")["torch"])
-        self.ctx.resumed_from_step = ckpt.step
-        return ckpt.step + 1, ckpt.state["data"], list(ckpt.state["losses"])
+        step = int(ckpt.state["schedule_step"])
+        self.ctx.resumed_from_step = step
+        return step + 1, ckpt.state["data"], list(ckpt.state["losses"])
 
     def run(self, seg: Segment) -> SegmentResult:
         step, data_state, losses = self.restore(seg)

@@ -263,10 +263,8 @@ class Coordinator:
                     self._event(run.run_id, "waiting", phase=ph.phase, message="waiting for the accelerator lease")
                 return
         attempt = ph.attempt + 1
-        request = JobRequest(request_id=f"{run.run_id}.{ph.phase}.a{attempt}", phase=ph.phase, run_id=run.run_id,
-                             fencing_token=lease.token if lease else 0, inputs=inputs, seed=profile.seed,
-                             device=profile.runtime.device, torch_threads=profile.runtime.torch_threads,
-                             profile=profile.name, config_hash=run.config_hash)
+        request = self._request(run, profile, ph.phase, f"{run.run_id}.{ph.phase}.a{attempt}",
+                                lease.token if lease else 0, inputs)
         try:
             view = self.executors[ph.phase].submit(request, getattr(profile.phases, ph.phase))
         except WorkerUnavailableError as exc:
@@ -316,14 +314,19 @@ class Coordinator:
             self._release(ph)
             self._fail(run, ph.phase, "the job was cancelled by its worker")
 
+    @staticmethod
+    def _request(run: RunRecord, profile: Profile, phase: str, request_id: str, token: int,
+                 inputs: tuple[ArtifactRef, ...]) -> JobRequest:
+        return JobRequest(request_id=request_id, phase=phase, run_id=run.run_id, fencing_token=token,
+                          inputs=inputs, seed=profile.seed, device=profile.runtime.device,
+                          torch_threads=profile.runtime.torch_threads, profile=profile.name,
+                          config_hash=run.config_hash, evaluation=profile.evaluation.model_dump())
+
     def _resubmit(self, run: RunRecord, profile: Profile, ph: PhaseRecord) -> None:
         """The worker does not know the job (it restarted): same request_id, same token -> it resumes."""
-        request = JobRequest(request_id=ph.request_id, phase=ph.phase, run_id=run.run_id,
-                             fencing_token=ph.fencing_token,
-                             inputs=self._inputs_for(run, ph.phase, {p.phase: p for p in self.state.list_phases(run.run_id)}),
-                             seed=profile.seed, device=profile.runtime.device,
-                             torch_threads=profile.runtime.torch_threads, profile=profile.name,
-                             config_hash=run.config_hash)
+        phases = {p.phase: p for p in self.state.list_phases(run.run_id)}
+        request = self._request(run, profile, ph.phase, ph.request_id, ph.fencing_token,
+                                self._inputs_for(run, ph.phase, phases))
         try:
             view = self.executors[ph.phase].submit(request, getattr(profile.phases, ph.phase))
         except WorkerUnavailableError:

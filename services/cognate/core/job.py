@@ -1,0 +1,97 @@
+"""The Cognate phase as a job: train (runner.train_all), evaluate, measure diversity, publish four models.
+
+Artifacts: "ancestor" and "model_reasoning" / "model_memory" / "model_speed", each a saved TRMTitansMAG
+(safetensors + config.json) with the data's tokenizer under tokenizer/. Gate metrics (profile gate table):
+  cognate/val_nll_gain_vs_unigram  the smallest gain over a unigram model among the three variants
+  cognate/gsm8k_acc                the reasoning model's GSM8K exact match (profile subset)
+  cognate/halting_diversity        max − min mean executed halting steps (steps)
+  cognate/memory_diversity         relative spread of ltm_usage
+  cognate/compute_diversity        relative spread of executed FLOPs per token (the proxy for speed)
+Per-model metrics are reported as cognate/<model>/<name>; the loss barrier between each pair of variants
+as cognate/barrier/<a>-<b>.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import tempfile
+from pathlib import Path
+
+from services.cognate.core import diversity as div
+from services.cognate.core import model_metrics as mm
+from services.cognate.core.data import load_cognate_data
+from services.cognate.core.runner import train_all, validation_batches
+from shared.data.tokenizer import save_tokenizer
+from shared.evaluation import evaluate_arc, evaluate_gsm8k
+from shared.model import save_model
+from shared.runtime import JobResult
+
+log = logging.getLogger(__name__)
+VARIANTS = ("reasoning", "memory", "speed")
+
+
+def task_metrics(model, tokenizer, data, evaluation: dict) -> dict[str, float]:
+    out = {}
+    gsm = data.test.get("GSM8K", [])
+    if gsm:
+        r = evaluate_gsm8k(model, tokenizer, gsm, max_new_tokens=evaluation["max_new_tokens"],
+                           limit=evaluation["gsm8k_limit"] or None)
+        out["gsm8k_acc"] = r["exact_match"]
+    arc = data.test.get("ARC-Easy", []) + data.test.get("ARC-Challenge", [])
+    if arc:
+        out["arc_acc"] = evaluate_arc(model, tokenizer, arc, limit=evaluation["multiple_choice_limit"] or None)["accuracy"]
+    return out
+
+
+class CognateRunner:
+    def validate(self, spec) -> list[str]:
+        return []   # the schema checks the spec; data-dependent checks run before training starts
+
+    def run(self, ctx):
+        evaluation = ctx.request.evaluation or {"gsm8k_limit": 20, "multiple_choice_limit": 20,
+                                                "max_new_tokens": 32, "perplexity_seq_len": 64}
+        with tempfile.TemporaryDirectory(prefix="agentforge-cognate-") as tmp:
+            work = Path(tmp)
+            ctx.progress("loading data", fraction=0.01)
+            data = load_cognate_data(ctx, work)
+            models, metrics = train_all(ctx.spec, data, ctx=ctx, seed=ctx.request.seed)
+            ctx.progress("evaluating", fraction=0.85)
+            batches = validation_batches(data, data.tokenizer, ctx.spec.model.max_seq_len)
+            for name, model in models.items():
+                metrics[name].update(task_metrics(model, data.tokenizer, data, evaluation))
+                metrics[name]["compute_per_token"] = mm.compute_per_token(model, batches)
+                metrics[name]["ltm_usage"] = mm.ltm_usage(model, batches)
+            variants = [models[v] for v in VARIANTS]
+            flat = {f"cognate/{m}/{k}": float(v) for m, d in metrics.items() for k, v in d.items()}
+            flat.update({
+                "cognate/val_nll_gain_vs_unigram": min(metrics[v]["val_nll_gain_vs_unigram"] for v in VARIANTS),
+                "cognate/halting_diversity": div.halting_diversity(variants, batches),
+                "cognate/memory_diversity": div.memory_diversity(variants, batches),
+                "cognate/compute_diversity": div.compute_diversity(variants, batches),
+            })
+            if "gsm8k_acc" in metrics["reasoning"]:
+                flat["cognate/gsm8k_acc"] = metrics["reasoning"]["gsm8k_acc"]
+            for a, b in itertools.combinations(VARIANTS, 2):
+                flat[f"cognate/barrier/{a}-{b}"] = div.loss_barrier(models[a], models[b], batches)["barrier"]
+            flat = {k: v for k, v in flat.items() if math.isfinite(v)}   # never report a non-number
+            ctx.progress("publishing", fraction=0.95, metrics=flat)
+            tok_dir = work / "tokenizer"
+            save_tokenizer(data.tokenizer, tok_dir)
+            refs = []
+            parents = list(ctx.request.inputs)
+            for name in ("ancestor", *VARIANTS):
+                out = work / "models" / name
+                save_model(models[name], out)
+                artifact = "ancestor" if name == "ancestor" else f"model_{name}"
+                with ctx.open_artifact(artifact, kind="model", tokenizer="tokenizer", parents=parents,
+                                       config=models[name].config.to_dict()) as w:
+                    for f in sorted(out.iterdir()):
+                        w.add_file(f.name, f)
+                    w.add_dir("tokenizer", tok_dir)
+                    w.set_metrics({k: float(v) for k, v in metrics[name].items() if math.isfinite(v)})
+                refs.append(w.ref)
+                if name == "ancestor":
+                    parents = [w.ref]
+        return JobResult(artifacts=tuple(refs), metrics=flat)
