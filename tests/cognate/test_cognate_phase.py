@@ -56,3 +56,11 @@ def test_the_variants_differ_in_the_named_directions(finished):
     assert m["cognate/speed/halting_steps"] <= m["cognate/memory/halting_steps"] <= m["cognate/reasoning/halting_steps"]
     assert m["cognate/speed/halting_steps"] < m["cognate/reasoning/halting_steps"]
     assert m["cognate/memory/ltm_usage"] > max(m["cognate/reasoning/ltm_usage"], m["cognate/speed/ltm_usage"])
+
+
+def test_training_was_logged_to_wandb_offline(finished):
+    import os
+    from pathlib import Path
+
+    runs = list(Path(os.environ["WANDB_DIR"]).glob("wandb/offline-run-*"))
+    assert runs, "no offline W&B run was written"

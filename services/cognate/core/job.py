@@ -16,20 +16,24 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import tempfile
 from pathlib import Path
 
 from services.cognate.core import diversity as div
 from services.cognate.core import model_metrics as mm
 from services.cognate.core.data import load_cognate_data
-from services.cognate.core.runner import train_all, validation_batches
+from services.cognate.core.runner import schedule, train_all, validation_batches
 from shared.data.tokenizer import save_tokenizer
 from shared.evaluation import evaluate_arc, evaluate_gsm8k
 from shared.model import save_model
 from shared.runtime import JobResult
+from shared.telemetry import metric_names as names
+from shared.telemetry.wandb_run import Telemetry
 
 log = logging.getLogger(__name__)
 VARIANTS = ("reasoning", "memory", "speed")
+WANDB_PROJECT = "agent-forge-v2"
 
 
 def task_metrics(model, tokenizer, data, evaluation: dict) -> dict[str, float]:
@@ -52,11 +56,25 @@ class CognateRunner:
     def run(self, ctx):
         evaluation = ctx.request.evaluation or {"gsm8k_limit": 20, "multiple_choice_limit": 20,
                                                 "max_new_tokens": 32, "perplexity_seq_len": 64}
-        with tempfile.TemporaryDirectory(prefix="agentforge-cognate-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="agentforge-cognate-") as tmp, \
+                Telemetry().start(WANDB_PROJECT, f"phase1-cognate-{ctx.request.request_id}",
+                                  ctx.spec.model_dump(mode="json"), group=ctx.request.run_id or None,
+                                  job_type="cognate", dir=os.environ.get("WANDB_DIR")) as tel:
             work = Path(tmp)
             ctx.progress("loading data", fraction=0.01)
             data = load_cognate_data(ctx, work)
-            models, metrics = train_all(ctx.spec, data, ctx=ctx, seed=ctx.request.seed)
+            total = sum(schedule(ctx.spec)[1].values())
+            done = [0]
+
+            def on_step(seg, step, loss):
+                done[0] += 1
+                tel.log({f"{seg.name}/{names.TRAIN_LOSS}": loss,
+                         f"{seg.name}/{names.TRAIN_PERPLEXITY}": math.exp(min(loss, 30))}, step=done[0])
+                if done[0] % 10 == 0:
+                    ctx.progress(f"training {seg.name}", fraction=0.8 * done[0] / max(1, total), step=done[0],
+                                 total_steps=total, metrics={f"cognate/{seg.name}/train_loss": loss})
+
+            models, metrics = train_all(ctx.spec, data, ctx=ctx, seed=ctx.request.seed, on_step=on_step)
             ctx.progress("evaluating", fraction=0.85)
             batches = validation_batches(data, data.tokenizer, ctx.spec.model.max_seq_len)
             for name, model in models.items():
@@ -76,6 +94,11 @@ class CognateRunner:
             for a, b in itertools.combinations(VARIANTS, 2):
                 flat[f"cognate/barrier/{a}-{b}"] = div.loss_barrier(models[a], models[b], batches)["barrier"]
             flat = {k: v for k, v in flat.items() if math.isfinite(v)}   # never report a non-number
+            for name in ("ancestor", *VARIANTS):
+                tel.log({f"{name}/{names.VAL_LOSS}": metrics[name]["val_loss"],
+                         f"{name}/{names.VAL_ACCURACY}": metrics[name]["val_accuracy"]})
+            tel.table("diversity/model_comparison", *div.diversity_table({v: models[v] for v in VARIANTS}, batches))
+            tel.summary(flat)
             ctx.progress("publishing", fraction=0.95, metrics=flat)
             tok_dir = work / "tokenizer"
             save_tokenizer(data.tokenizer, tok_dir)
