@@ -31,9 +31,10 @@ def corpus():
     return records, tok
 
 
-def model_for(tok):
+def model_for(tok, **changes):
     torch.manual_seed(0)
-    cfg = TRMTitansMAGConfig.from_profile(CI.model.model_copy(update={"vocab_size": len(tok)}), act_threshold=0.9)
+    cfg = TRMTitansMAGConfig.from_profile(CI.model.model_copy(update={"vocab_size": len(tok), **changes}),
+                                          act_threshold=0.9)
     return TRMTitansMAG(cfg)
 
 
@@ -93,3 +94,52 @@ def test_a_checkpoint_written_for_another_spec_is_refused(tmp_path):
     other = make_ctx(tmp_path, spec=CI.model_copy(update={"batch_size": CI.batch_size + 1}))
     with pytest.raises(FailedPreconditionError, match="refusing to resume"):
         run(tmp_path, records, tok, ctx=other)
+
+
+def test_out_of_memory_halves_the_micro_batch_and_doubles_accumulation(tmp_path, monkeypatch):
+    records, tok = corpus()
+    model = model_for(tok)
+    opt = MuonGrokfast.phase1(model.named_parameters(), qk_modules=model.qk_clip_modules(), max_grad_norm=1.0)
+    trainer = Trainer(model, opt, records, tok, seq_len=32, batch_size=4, accumulation=1, n_sup=1,
+                      checkpoint_every=0)
+    real = Trainer._train_step
+    seen = []
+
+    def flaky(self, micro):
+        seen.append([len(g) for g in micro])
+        if len(micro[0]) > 1:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return real(self, micro)
+
+    monkeypatch.setattr(Trainer, "_train_step", flaky)
+    seg = Segment(name="warmup", seed=1, weights={"math": 1.0}, first_step=0, last_step=3, steps_per_epoch=3,
+                  total_epochs=1)
+    result = trainer.run(seg)
+    assert seen[:3] == [[4], [2, 2], [1, 1, 1, 1]]          # same 4 sequences, ever smaller micro-batches
+    assert trainer.batch_size == 1 and trainer.accumulation == 4
+    assert [e["batch_size"] for e in trainer.oom_events] == [2, 1]
+    assert len(result.losses) == 3 and all(l == l for l in result.losses)
+
+
+def test_accumulated_micro_batches_give_the_full_batch_gradient(tmp_path):
+    records, tok = corpus()
+    ids = torch.randint(0, len(tok), (4, 16))
+    drawn = [{"input_ids": ids[i], "labels": ids[i]} for i in range(4)]
+    grads = []
+    for groups in ([drawn], [drawn[:2], drawn[2:]]):
+        model = model_for(tok, dropout=0.0)   # dropout masks would differ between the two splits
+        model.train()
+        captured = {}
+
+        class Probe:
+            def step(self):
+                captured.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+
+            def zero_grad(self, set_to_none=True):
+                model.zero_grad(set_to_none=True)
+
+        torch.manual_seed(0)
+        Trainer(model, Probe(), records, tok, seq_len=16, batch_size=4, n_sup=1, checkpoint_every=0)._train_step(groups)
+        grads.append(captured)
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name

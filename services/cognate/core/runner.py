@@ -30,6 +30,7 @@ from shared.errors import FailedPreconditionError, InvalidSpecError
 from shared.evaluation import unigram_nll
 from shared.model import TRMTitansMAG, TRMTitansMAGConfig
 from shared.optim import MuonGrokfast
+from shared.utils import calculate_safe_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,26 @@ def unigram_reference(data: CognateData, tokenizer, batches) -> float:
     return unigram_nll(counts, targets, vocab_size=len(tokenizer))
 
 
+def pick_device(requested: str) -> str:
+    """'cuda' when asked for (or 'auto') and present; 'cuda' asked for but absent is an error."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise FailedPreconditionError("the profile asks for device cuda, but no CUDA device is visible")
+    return "cuda" if requested in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
+
+
+def batch_plan(model, spec, device: str) -> tuple[int, int]:
+    """(micro-batch, accumulation) for an effective batch of batch_size × grad_accumulation sequences: on a
+    GPU from calculate_safe_batch_size (which counts the memory's fast-weight state through what autograd
+    saves), on the CPU as the profile says."""
+    target = spec.batch_size * spec.grad_accumulation
+    if device != "cuda":
+        return spec.batch_size, spec.grad_accumulation
+    vram_gb = torch.cuda.get_device_properties(0).total_memory / 2**30
+    batch, accumulation = calculate_safe_batch_size(model, vram_gb, seq_len=spec.model.max_seq_len,
+                                                    target_batch_size=target, optimizer="muongrokfast")
+    return batch, accumulation
+
+
 def train_all(spec, data: CognateData, *, ctx=None, seed: int = 0,
               on_step=None) -> tuple[dict[str, TRMTitansMAG], dict]:
     """Warm-up then the three variants; returns {"ancestor", variant names...: model} and metrics."""
@@ -107,9 +128,11 @@ def train_all(spec, data: CognateData, *, ctx=None, seed: int = 0,
         raise FailedPreconditionError(f"model vocab_size {spec.model.vocab_size} < tokenizer size "
                                       f"{len(data.tokenizer)}")
     warmup, totals = schedule(spec)
+    device = pick_device(ctx.request.device if ctx is not None else "cpu")
+    oom_events: list[dict] = []
     torch.manual_seed(spec.init_seed)
     cfg = TRMTitansMAGConfig.from_profile(spec.model, active_ltm_slots=spec.model.ltm_slots)
-    ancestor = TRMTitansMAG(cfg)
+    ancestor = TRMTitansMAG(cfg).to(device)
 
     def train_segment(index: int, model, seg: Segment) -> None:
         """Train one segment, or load its result if this job finished it before a restart."""
@@ -121,10 +144,13 @@ def train_all(spec, data: CognateData, *, ctx=None, seed: int = 0,
             return
         opt = MuonGrokfast.from_config(model.named_parameters(), spec.optimizer,
                                        qk_modules=model.qk_clip_modules(), max_grad_norm=spec.grad_clip)
-        Trainer(model, opt, data.train, data.tokenizer, seq_len=spec.model.max_seq_len,
-                batch_size=spec.batch_size, n_sup=spec.model.n_sup, checkpoint_every=spec.checkpoint_every_steps,
-                ctx=ctx, checkpoint_offset=index * 1_000_000,
-                on_step=on_step).run(seg)
+        batch, accumulation = batch_plan(model, spec, device)
+        trainer = Trainer(model, opt, data.train, data.tokenizer, seq_len=spec.model.max_seq_len,
+                          batch_size=batch, accumulation=accumulation, n_sup=spec.model.n_sup,
+                          checkpoint_every=spec.checkpoint_every_steps, ctx=ctx,
+                          checkpoint_offset=index * 1_000_000, on_step=on_step, device=device)
+        trainer.run(seg)
+        oom_events.extend({"segment": seg.name, **e} for e in trainer.oom_events)
         if ctx is not None:
             with ctx.open_artifact(f"segment-{seg.name}", kind="checkpoint", config={"segment": seg.name}) as w:
                 w.add_tensors("model.safetensors", {k: v.detach().contiguous()
@@ -143,7 +169,11 @@ def train_all(spec, data: CognateData, *, ctx=None, seed: int = 0,
         models[v.name] = model
     batches = validation_batches(data, data.tokenizer, spec.model.max_seq_len)
     unigram = unigram_reference(data, data.tokenizer, batches)
-    metrics = {name: evaluate(m, batches, unigram) for name, m in models.items()}
+    metrics = {name: evaluate(m, [{k: t.to(device) for k, t in b.items()} for b in batches], unigram)
+               for name, m in models.items()}
+    for m in models.values():
+        m.to("cpu")
+    metrics["ancestor"]["oom_events"] = float(len(oom_events))
     return models, metrics
 
 

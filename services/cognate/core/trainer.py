@@ -2,13 +2,16 @@
 
 One *segment* trains one model over a range of its schedule's steps (the shared warm-up, or a variant's
 continuation after the branch point). Per batch, deep supervision: N_sup supervision steps, each with its own
-forward, backward and MuonGrokfast step, (y, z) carried detached (TRM). Every `checkpoint_every` steps the
+forward, backward and MuonGrokfast step, (y, z) carried detached (TRM); an effective batch can be split into
+micro-batches whose gradients accumulate, and an out-of-memory error halves the micro-batch and doubles the
+accumulation (recorded in `oom_events`). Every `checkpoint_every` steps the
 model, the optimizer (safetensors), the data position and the RNG state (JSON/tensors) are saved under the
 job's request id, so a job restarted after a crash continues where it stopped.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -18,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.data.curriculum import IGNORE_INDEX, Phase1Dataset, stage_for_epoch
-from shared.errors import FailedPreconditionError
+from shared.errors import FailedPreconditionError, ResourceExhaustedError
 from shared.storage.formats import optimizer_state_from_tensors, optimizer_state_to_tensors
 from shared.utils import detect_training_issues
 
@@ -53,27 +56,27 @@ def criterion(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return total / valid.sum().clamp(min=1)
 
 
-def deep_supervision_losses(model, ids: torch.Tensor, targets: torch.Tensor, n_sup: int):
-    """Yield (lm_loss, halt_loss) for each supervision step; the caller backpropagates and steps each one.
+def supervision_losses(model, ids: torch.Tensor, targets: torch.Tensor, y, z):
+    """One supervision step from (y, z) (None: the model's initial state): (lm_loss, halt_loss, y, z).
     `targets` are already the next tokens (Phase1Dataset's labels), -100 where nothing is learned."""
     x = model.embed(ids)
-    y, z = model.initial_state(x)
-    for _ in range(n_sup):
-        x = model.embed(ids)
-        y, z = model.supervision_step(x, y.detach(), z.detach())
-        logits, halt_logits = model.heads(y)
-        valid = targets != IGNORE_INDEX
-        lm = criterion(logits, targets)
-        correct = (logits.argmax(-1) == targets).float().detach()
-        per = F.binary_cross_entropy_with_logits(halt_logits.float(), correct, reduction="none")
-        halt = (per * valid).sum() / valid.sum().clamp(min=1)
-        yield lm, halt
+    if y is None:
+        y, z = model.initial_state(x)
+    y, z = model.supervision_step(x, y.detach(), z.detach())
+    logits, halt_logits = model.heads(y)
+    valid = targets != IGNORE_INDEX
+    correct = (logits.argmax(-1) == targets).float().detach()
+    per = F.binary_cross_entropy_with_logits(halt_logits.float(), correct, reduction="none")
+    return criterion(logits, targets), (per * valid).sum() / valid.sum().clamp(min=1), y, z
 
 
 class Trainer:
     def __init__(self, model, optimizer, train_records, tokenizer, *, seq_len: int, batch_size: int, n_sup: int,
-                 checkpoint_every: int, ctx=None, log_every: int = 10, on_step=None, checkpoint_offset: int = 0):
+                 checkpoint_every: int, ctx=None, log_every: int = 10, on_step=None, checkpoint_offset: int = 0,
+                 accumulation: int = 1, device: str = "cpu"):
         self.model, self.opt, self.records, self.tok = model, optimizer, train_records, tokenizer
+        self.accumulation, self.device = accumulation, device
+        self.oom_events: list[dict] = []     # every out-of-memory recovery: step, new micro-batch, accumulation
         # Segments of one job overlap in schedule steps (each variant continues from the warm-up's end), so
         # their checkpoints are numbered from a per-segment offset to stay distinct and ordered.
         self.checkpoint_offset = checkpoint_offset
@@ -115,6 +118,48 @@ class Trainer:
         self.ctx.resumed_from_step = step
         return step + 1, ckpt.state["data"], list(ckpt.state["losses"])
 
+    def _train_step(self, micro: list[list[dict]]) -> float:
+        """Deep supervision over an effective batch split into micro-batches: for each supervision step, the
+        gradients of every micro-batch are accumulated (each carrying its own detached y, z), then one
+        MuonGrokfast step. Returns the last supervision step's mean LM loss."""
+        states: list = [(None, None)] * len(micro)
+        last = 0.0
+        for _ in range(self.n_sup):
+            total = 0.0
+            for i, group in enumerate(micro):
+                ids = torch.stack([d["input_ids"] for d in group]).to(self.device)
+                targets = torch.stack([d["labels"] for d in group]).to(self.device)
+                lm, halt, y, z = supervision_losses(self.model, ids, targets, *states[i])
+                ((lm + halt) / len(micro)).backward()
+                states[i] = (y.detach(), z.detach())
+                total += lm.item() / len(micro)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            last = total
+        return last
+
+    def _step_with_oom_recovery(self, step: int, drawn: list[dict]) -> float:
+        """On out-of-memory: halve the micro-batch, double the accumulation (same effective batch, same data),
+        record it, retry; a micro-batch of 1 that does not fit is a clear error."""
+        while True:
+            size = max(1, len(drawn) // self.accumulation)
+            micro = [drawn[i:i + size] for i in range(0, len(drawn), size)]
+            try:
+                return self._train_step(micro)
+            except torch.OutOfMemoryError:
+                self.opt.zero_grad(set_to_none=True)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if size == 1:
+                    raise ResourceExhaustedError("out of memory with a micro-batch of 1 sequence; reduce "
+                                                 "seq_len or the model size") from None
+                self.batch_size = max(1, self.batch_size // 2)
+                self.accumulation *= 2
+                self.oom_events.append({"step": step, "batch_size": self.batch_size,
+                                        "accumulation": self.accumulation})
+                log.warning("out of memory at step %d: micro-batch %d, accumulation %d", step, self.batch_size,
+                            self.accumulation)
+
     def run(self, seg: Segment) -> SegmentResult:
         step, data_state, losses = self.restore(seg)
         result = SegmentResult(losses=losses, resumed_from=step if data_state is not None else 0)
@@ -126,19 +171,15 @@ class Trainer:
             if data_state is not None and data_state.get("epoch") == epoch:
                 dataset.load_state_dict(data_state)
             data_state = None
-            batches = dataset.batches(self.batch_size, drop_last=True)
+            sequences = iter(dataset)
             epoch_end = min(seg.last_step, (epoch + 1) * seg.steps_per_epoch)
-            for batch in batches:
-                if step >= epoch_end:
-                    break
-                lm_total = 0.0
-                for lm, halt in deep_supervision_losses(self.model, batch["input_ids"], batch["labels"], self.n_sup):
-                    (lm + halt).backward()
-                    self.opt.step()
-                    self.opt.zero_grad(set_to_none=True)
-                    lm_total = lm.item()              # the last supervision step's loss is the model's loss
+            while step < epoch_end:
+                drawn = list(itertools.islice(sequences, self.batch_size * self.accumulation))
+                if len(drawn) < self.batch_size * self.accumulation:
+                    break                                  # the epoch's data ran out: next epoch
+                lm_total = self._step_with_oom_recovery(step, drawn)
                 result.losses.append(lm_total)
-                result.tokens += batch["input_ids"].numel()
+                result.tokens += sum(d["input_ids"].numel() for d in drawn)
                 detect_training_issues(result.losses)
                 if self.on_step is not None:
                     self.on_step(seg, step, lm_total)
@@ -147,7 +188,6 @@ class Trainer:
                 if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0:
                     self.checkpoint(seg, step, dataset.state_dict(), result.losses)
                 step += 1
-            else:
-                step = epoch_end  # the epoch's data ran out before its step budget: next epoch
+            step = max(step, epoch_end)
         result.seconds = time.perf_counter() - start
         return result
