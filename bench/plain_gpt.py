@@ -3,7 +3,6 @@ RMSNorm, tied embeddings), sized by layer count to match a model's parameter cou
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

@@ -78,7 +78,8 @@ class CognateRunner:
             ctx.progress("evaluating", fraction=0.85)
             batches = validation_batches(data, data.tokenizer, ctx.spec.model.max_seq_len)
             for name, model in models.items():
-                metrics[name].update(task_metrics(model, data.tokenizer, data, evaluation))
+                if name != "ancestor":   # task scores are for the three models; the ancestor is a merge base
+                    metrics[name].update(task_metrics(model, data.tokenizer, data, evaluation))
                 metrics[name]["compute_per_token"] = mm.compute_per_token(model, batches)
                 metrics[name]["ltm_usage"] = mm.ltm_usage(model, batches)
             variants = [models[v] for v in VARIANTS]

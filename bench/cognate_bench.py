@@ -1,0 +1,80 @@
+"""Phase 1 on the `tiny` profile, on CPU: prepare the curriculum, then the whole cognate job (warm-up +
+three variants + evaluation), timed against the target of ≤ 6 minutes for the training on 2 cores.
+
+    .venv/bin/python bench/cognate_bench.py [--profile tiny]
+
+Reports the wall time of training and of evaluation, and each model's held-out NLL against the unigram
+model of the same data (the models should end well below it). Appends to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import append_section, machine_line  # noqa: E402 - bench/ is not a package
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--profile", default="tiny")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import torch
+
+    from shared.config import load_profile
+    from shared.runtime import JobRegistry, JobRequest, get_phase
+    from shared.storage import LocalStore
+
+    torch.set_num_threads(1)
+    profile = load_profile(args.profile)
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("WANDB_DIR", tmp)
+        store = LocalStore(Path(tmp) / "store")
+        data = JobRegistry(get_phase("datasets"), store)
+        dj = data.submit(JobRequest(request_id="bench-d", phase="datasets", seed=profile.seed), profile.phases.datasets)
+        dj.done.wait()
+        cog = JobRegistry(get_phase("cognate"), store)
+        t0 = time.perf_counter()
+        job = cog.submit(JobRequest(request_id="bench-c", phase="cognate", seed=profile.seed, inputs=dj.artifacts,
+                                    evaluation=profile.evaluation.model_dump()), profile.phases.cognate)
+        job.done.wait()
+        total = time.perf_counter() - t0
+        events = list(cog.watch(job.job_id))
+        trained_at = next((e.time for e in events if e.stage == "evaluating"), events[-1].time)
+        started_at = next(e.time for e in events if e.stage == "loading data")
+        train_s = trained_at - started_at
+        m = job.metrics
+        lines = [f"## cognate_bench — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "", machine_line(),
+                 f"- torch {torch.__version__}; torch threads 1; profile `{args.profile}`; job state "
+                 f"{job.state.value}{(': ' + job.error) if job.error else ''}", "",
+                 f"training (warm-up + 3 variants): **{train_s:.0f} s** (target ≤ 360 s); evaluation and publishing: "
+                 f"{total - train_s:.0f} s; whole job {total:.0f} s", "",
+                 "| model | val NLL | unigram NLL − val NLL | halting steps | GSM8K | ARC |",
+                 "|---|---:|---:|---:|---:|---:|"]
+        for name in ("ancestor", "reasoning", "memory", "speed"):
+            g = lambda k: m.get(f"cognate/{name}/{k}")  # noqa: E731
+            fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+            lines.append(f"| {name} | {fmt(g('val_loss'))} | {fmt(g('val_nll_gain_vs_unigram'))} | "
+                         f"{fmt(g('halting_steps'))} | {fmt(g('gsm8k_acc'))} | {fmt(g('arc_acc'))} |")
+        lines += ["", "diversity: " + ", ".join(f"{k.split('/')[-1]} {m[k]:.3f}" for k in
+                                               ("cognate/halting_diversity", "cognate/memory_diversity",
+                                                "cognate/compute_diversity") if k in m), ""]
+        append_section("\n".join(lines))
+        data.shutdown()
+        cog.shutdown()
+
+
+if __name__ == "__main__":
+    main()
