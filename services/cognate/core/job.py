@@ -74,7 +74,7 @@ class CognateRunner:
                     ctx.progress(f"training {seg.name}", fraction=0.8 * done[0] / max(1, total), step=done[0],
                                  total_steps=total, metrics={f"cognate/{seg.name}/train_loss": loss})
 
-            models, metrics = train_all(ctx.spec, data, ctx=ctx, seed=ctx.request.seed, on_step=on_step)
+            models, metrics = train_all(ctx.spec, data, ctx=ctx, on_step=on_step)
             ctx.progress("evaluating", fraction=0.85)
             batches = validation_batches(data, data.tokenizer, ctx.spec.model.max_seq_len)
             for name, model in models.items():

@@ -6,10 +6,8 @@ category weights — the ancestor. Each variant then continues from the ancestor
 and dropout), category mix, memory capacity (`ltm_slots`, the rest of the shared width masked) and halting
 threshold. Epochs map to the three curriculum stages over each variant's own schedule.
 
-Status: training, checkpoints and resume are real; the final metrics computed here are held-out NLL and
-perplexity, the gain over a unigram model of the same data, and mean executed halting steps (the
-deterministic compute proxy). The checklist's task accuracies, memory/compute diversity, the W&B table and the
-loss barrier are not computed yet, so the phase is not registered with the coordinator (issue #6).
+This module trains and computes the held-out figures (NLL, perplexity, next-token accuracy, gain over a
+unigram model, mean executed halting steps); job.py adds task scores, diversity and publishing.
 """
 
 from __future__ import annotations
@@ -17,13 +15,11 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import tempfile
 from collections import Counter
-from pathlib import Path
 
 import torch
 
-from services.cognate.core.data import CognateData, load_cognate_data
+from services.cognate.core.data import CognateData
 from services.cognate.core.trainer import Segment, Trainer, criterion
 from shared.data.curriculum import DEFAULT_WEIGHTS, Phase1Dataset
 from shared.errors import FailedPreconditionError, InvalidSpecError
@@ -120,8 +116,7 @@ def batch_plan(model, spec, device: str) -> tuple[int, int]:
     return batch, accumulation
 
 
-def train_all(spec, data: CognateData, *, ctx=None, seed: int = 0,
-              on_step=None) -> tuple[dict[str, TRMTitansMAG], dict]:
+def train_all(spec, data: CognateData, *, ctx=None, on_step=None) -> tuple[dict[str, TRMTitansMAG], dict]:
     """Warm-up then the three variants; returns {"ancestor", variant names...: model} and metrics."""
     check_mixes(spec, data)
     if spec.model.vocab_size < len(data.tokenizer):
@@ -175,9 +170,3 @@ def train_all(spec, data: CognateData, *, ctx=None, seed: int = 0,
         m.to("cpu")
     metrics["ancestor"]["oom_events"] = float(len(oom_events))
     return models, metrics
-
-
-def train_from_job(ctx) -> tuple[dict[str, TRMTitansMAG], dict]:
-    with tempfile.TemporaryDirectory(prefix="agentforge-cognate-") as tmp:
-        data = load_cognate_data(ctx, Path(tmp))
-        return train_all(ctx.spec, data, ctx=ctx, seed=ctx.request.seed)
