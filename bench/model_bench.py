@@ -1,7 +1,7 @@
 """TRMTitansMAG vs a plain causal transformer of (nearly) equal parameter count, side by side in one run:
 training tokens/s and achieved FLOP/s, FLOPs counted by torch.utils.flop_counter for both.
 
-    .venv/bin/python bench/model_bench.py [--shapes tiny,default] [--device cpu|cuda] [--dtype fp32|bf16]
+    .venv/bin/python bench/model_bench.py [--shapes tiny,default,default/memory] [--device cpu|cuda] [--dtype fp32|bf16]
                                          [--batch 4] [--seq 128] [--steps 3] [--memory-check] [--out FILE]
 
 A training step = forward (train mode: N_sup − 1 refinement steps without grad, the last with grad, as the
@@ -52,11 +52,14 @@ class TotalFlops(FlopCounterMode):
 
 
 def trm_config(shape: str) -> TRMTitansMAGConfig:
-    """From configs/<shape>.yaml without the pydantic layer (so the script also runs on a bare GPU image)."""
-    data = yaml.safe_load((REPO / "configs" / f"{shape}.yaml").read_text())["phases"]["cognate"]
-    reasoning = next(v for v in data["variants"] if v["name"] == "reasoning")
-    return TRMTitansMAGConfig(**data["model"], active_ltm_slots=reasoning["ltm_slots"],
-                              act_threshold=reasoning["act_threshold"])
+    """From configs/<profile>.yaml without the pydantic layer (so the script also runs on a bare GPU image).
+    `shape` is a profile name, optionally with a variant (`default/memory`); the variant sets the active
+    memory capacity (the reasoning variant when none is named)."""
+    profile, _, name = shape.partition("/")
+    data = yaml.safe_load((REPO / "configs" / f"{profile}.yaml").read_text())["phases"]["cognate"]
+    variant = next(v for v in data["variants"] if v["name"] == (name or "reasoning"))
+    return TRMTitansMAGConfig(**data["model"], active_ltm_slots=variant["ltm_slots"],
+                              act_threshold=variant["act_threshold"])
 
 
 def step_fn(model, ids, trm: bool, opt):
@@ -117,7 +120,8 @@ def memory_check(cfg, seq: int, dtype) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shapes", default="tiny,default")
+    ap.add_argument("--shapes", default="tiny,default,default/memory",
+                    help="profiles, each optionally /variant (capacity); the reasoning variant when none")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--batch", type=int, default=4)
@@ -133,8 +137,9 @@ def main() -> None:
              + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else "; torch threads 1")
              + f"; {args.dtype}; batch {args.batch} × seq {args.seq}; median of {args.steps} training steps "
                f"(forward + backward + AdamW); FLOPs by torch.utils.flop_counter", "",
-             "| shape | model | params | s/step | tokens/s | GFLOP/step | achieved GFLOP/s | FLOP/s ratio |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| shape | model | params | active memory slots | s/step | tokens/s | GFLOP/step | achieved GFLOP/s "
+             "| FLOP/s ratio |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for shape in args.shapes.split(","):
         cfg = trm_config(shape)
         torch.manual_seed(0)
@@ -145,7 +150,8 @@ def main() -> None:
         a = measure(trm, ids, True, args.steps, args.device)
         b = measure(plain, ids, False, args.steps, args.device)
         for name, r, ratio in (("TRMTitansMAG", a, f"{a['gflop_s'] / b['gflop_s']:.2f}"), ("plain transformer", b, "")):
-            lines.append(f"| {shape} | {name} | {r['params']:,} | {r['s']:.3f} | {r['tok_s']:,.0f} | {r['gflop']:.1f} | "
+            slots = f"{cfg.active_ltm_slots:,} of {cfg.ltm_slots:,}" if name == "TRMTitansMAG" else ""
+            lines.append(f"| {shape} | {name} | {r['params']:,} | {slots} | {r['s']:.3f} | {r['tok_s']:,.0f} | {r['gflop']:.1f} | "
                          f"{r['gflop_s']:,.1f} | {ratio} |")
         del trm, plain
     if args.memory_check and args.device == "cuda":

@@ -52,6 +52,28 @@ def _silu_grad(h: Tensor) -> Tensor:
     return s * (1 + h * (1 - s))
 
 
+class _SiluGradMul(torch.autograd.Function):
+    """g ⊙ silu'(h) in one fused pass (aten's silu_backward), differentiable in both arguments (aten has
+    no derivative for silu_backward): ∂/∂g = silu'(h), ∂/∂h = g ⊙ silu''(h) with
+    silu''(h) = σ(h)(1 − σ(h))(2 + h(1 − 2σ(h)))."""
+
+    @staticmethod
+    def forward(ctx, g: Tensor, h: Tensor) -> Tensor:
+        ctx.save_for_backward(g, h)
+        return torch.ops.aten.silu_backward(g, h)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        g, h = ctx.saved_tensors
+        grad_g = torch.ops.aten.silu_backward(grad, h) if ctx.needs_input_grad[0] else None
+        grad_h = None
+        if ctx.needs_input_grad[1]:
+            s = torch.sigmoid(h)
+            grad_h = torch.mul(s, -2).add_(1).mul_(h).add_(2)   # 2 + h(1 − 2σ), in place: one buffer
+            grad_h.mul_(s).mul_(s.neg_().add_(1)).mul_(g).mul_(grad)
+        return grad_g, grad_h
+
+
 def _decay_matrix(g: Tensor) -> tuple[Tensor, Tensor]:
     """For factors g (B, C) in [0, 1]: A[t, i] = Π_{i<j≤t} g_j (i ≤ t, else 0) and P[t] = Π_{j≤t} g_j.
 
@@ -75,50 +97,76 @@ def _normalised_step(theta: Tensor, a: Tensor) -> Tensor:
 
 
 def memory_scan(k: Tensor, v: Tensor, q: Tensor, eta: Tensor, theta: Tensor, alpha: Tensor,
-                w1_init: Tensor, w2_init: Tensor, mask: Tensor, chunk: int,
+                w1_init: Tensor, w2_init: Tensor, mask: Tensor | None, chunk: int,
                 state: MemoryState | None = None) -> tuple[Tensor, MemoryState]:
     """Run the memory over a sequence. k, v, q: (B, L, D); eta, theta, alpha: (B, L) in [0, 1];
-    w1_init (S, D), w2_init (D, S), mask (S,). Returns reads (B, L, D) and the final state."""
+    w1_init (S, D), w2_init (D, S), mask (S,) or None (every unit active). Returns reads (B, L, D) and the
+    final state.
+
+    Written for throughput: every sum of products over S is one GEMM accumulating into its output in place
+    (`baddbmm_`), per-position scale factors are applied to the small (B, C, D) operands rather than to the
+    (B, C, S) products, silu' is fused into `silu_backward`, and the all-zero state of a fresh sequence is
+    never multiplied. The elementwise passes over B·C·S or B·S·D tensors that remain are the silu of the two
+    pre-activations and the state decays."""
     b, length, dim = k.shape
     slots = w1_init.shape[0]
-    if state is None:
-        state = zero_state(b, slots, dim, k)
-    d1, d2, s1, s2 = state
+    fresh = state is None                                   # d, s are zero until the end of the first chunk
+    d1, d2, s1, s2 = state if state is not None else zero_state(b, slots, dim, k)
+    w1t, w2t = w1_init.t(), w2_init.t()                     # (D, S), (S, D)
     reads = []
     for start in range(0, length, chunk):
         sl = slice(start, min(start + chunk, length))
         kc, vc, qc = k[:, sl], v[:, sl], q[:, sl]
         et, th, al = eta[:, sl], theta[:, sl], alpha[:, sl]
-        w1 = w1_init + d1                                   # (B, S, D) chunk-start weights
-        w2 = w2_init + d2                                   # (B, D, S)
-        h = torch.einsum("bsd,bcd->bcs", w1, kc)            # (B, C, S)
-        a = F.silu(h) * mask
-        e = torch.einsum("bds,bcs->bcd", w2, a) - vc        # (B, C, D)
-        u = 2 * torch.einsum("bds,bcd->bcs", w2, e) * _silu_grad(h) * mask   # (B, C, S)
+        # chunk-start pre-activations h = k (W1_init + D1)ᵀ, hidden a, error e, back-propagated u
+        h = torch.matmul(kc, w1t)                           # (B, C, S)
+        if not fresh:
+            h = h.baddbmm_(kc, d1.transpose(1, 2))
+        a = F.silu(h) if mask is None else F.silu(h) * mask
+        e = torch.matmul(a, w2t)                            # (B, C, D)
+        if not fresh:
+            e = e.baddbmm_(a, d2.transpose(1, 2))
+        e = e - vc
+        e2 = 2 * e
+        g = torch.matmul(e2, w2_init)                       # (B, C, S): 2 W2ᵀ e
+        if not fresh:
+            g = g.baddbmm_(e2, d2)
+        u = _SiluGradMul.apply(g, h)                       # 2 (W2ᵀ e) ⊙ silu'(h)
+        if mask is not None:
+            u = u * mask
         th = _normalised_step(th, a)                        # normalised LMS: stable for θ ≤ 1
         a_eta, p_eta = _decay_matrix(et)                    # (B, C, C), (B, C)
         a_keep, p_keep = _decay_matrix(1 - al)
         w = a_keep @ a_eta                                  # D_t's weight on update i
         r = (a_keep @ p_eta.unsqueeze(-1)).squeeze(-1)      # D_t's weight on S_0
         wt = w * (-th).unsqueeze(1)                         # (B, C, C): column i scaled by −θ_i
-        # read with W1_t
-        hq = (torch.einsum("sd,bcd->bcs", w1_init, qc)
-              + p_keep.unsqueeze(-1) * torch.einsum("bsd,bcd->bcs", d1, qc)
-              + r.unsqueeze(-1) * torch.einsum("bsd,bcd->bcs", s1, qc)
-              + (wt * torch.einsum("bid,btd->bti", kc, qc)) @ u)
-        aq = F.silu(hq) * mask
-        out = (torch.einsum("ds,bcs->bcd", w2_init, aq)
-               + p_keep.unsqueeze(-1) * torch.einsum("bds,bcs->bcd", d2, aq)
-               + r.unsqueeze(-1) * torch.einsum("bds,bcs->bcd", s2, aq)
-               + (2 * wt * torch.einsum("bis,bts->bti", a, aq)) @ e)
+        # read with W1_t, W2_t (row t of the coefficient matrices)
+        hq = torch.matmul(qc, w1t).baddbmm_(wt * (qc @ kc.transpose(1, 2)), u)        # (B, C, S)
+        if not fresh:
+            hq = (hq.baddbmm_(qc * p_keep.unsqueeze(-1), d1.transpose(1, 2))
+                  .baddbmm_(qc * r.unsqueeze(-1), s1.transpose(1, 2)))
+        aq = F.silu(hq) if mask is None else F.silu(hq) * mask
+        out = torch.matmul(aq, w2t).baddbmm_(2 * wt * (aq @ a.transpose(1, 2)), e)   # (B, C, D)
+        if not fresh:
+            out = (out + p_keep.unsqueeze(-1) * (aq @ d2.transpose(1, 2))
+                   + r.unsqueeze(-1) * (aq @ s2.transpose(1, 2)))
         reads.append(out)
-        # state at the end of the chunk (last row of the coefficient matrices)
-        last = wt[:, -1]                                    # (B, C)
-        last_eta = a_eta[:, -1] * (-th)
-        d1 = p_keep[:, -1, None, None] * d1 + r[:, -1, None, None] * s1 + torch.einsum("bi,bis,bid->bsd", last, u, kc)
-        d2 = p_keep[:, -1, None, None] * d2 + r[:, -1, None, None] * s2 + torch.einsum("bi,bid,bis->bds", 2 * last, e, a)
-        s1 = p_eta[:, -1, None, None] * s1 + torch.einsum("bi,bis,bid->bsd", last_eta, u, kc)
-        s2 = p_eta[:, -1, None, None] * s2 + torch.einsum("bi,bid,bis->bds", 2 * last_eta, e, a)
+        # state at the end of the chunk (last row of the coefficient matrices); scale the (B, C, D) operands
+        last = wt[:, -1].unsqueeze(-1)                      # (B, C, 1)
+        last_eta = (a_eta[:, -1] * (-th)).unsqueeze(-1)
+        pk, rr, pe = (x[:, -1, None, None] for x in (p_keep, r, p_eta))
+        u_t, a_d = u.transpose(1, 2), (2 * e).transpose(1, 2)   # (B, S, C), (B, D, C)
+        if fresh:
+            d1 = torch.bmm(u_t, kc * last)
+            d2 = torch.bmm(a_d * last.transpose(1, 2), a)
+            s1 = torch.bmm(u_t, kc * last_eta)
+            s2 = torch.bmm(a_d * last_eta.transpose(1, 2), a)
+        else:
+            d1, d2, s1, s2 = ((pk * d1).addcmul_(s1, rr).baddbmm_(u_t, kc * last),
+                              (pk * d2).addcmul_(s2, rr).baddbmm_(a_d * last.transpose(1, 2), a),
+                              (pe * s1).baddbmm_(u_t, kc * last_eta),
+                              (pe * s2).baddbmm_(a_d * last_eta.transpose(1, 2), a))
+        fresh = False
     return torch.cat(reads, dim=1), MemoryState(d1, d2, s1, s2)
 
 
@@ -163,9 +211,8 @@ class NeuralMemory(torch.nn.Module):
         self.to_rates = torch.nn.Linear(hidden, 3)  # η, θ, α logits
         self.w1_init = torch.nn.Parameter(torch.randn(slots, dim) / dim ** 0.5)
         self.w2_init = torch.nn.Parameter(torch.randn(dim, slots) / max(1, active_slots) ** 0.5)
-        mask = torch.zeros(slots)
-        mask[:active_slots] = 1.0
-        self.register_buffer("mask", mask, persistent=True)
+        self.register_buffer("mask", torch.zeros(slots), persistent=True)
+        self.set_active_slots(active_slots)
         with torch.no_grad():
             self.to_rates.weight.mul_(0.1)
             self.to_rates.bias.copy_(torch.tensor([2.2, -2.0, -4.6]))  # η≈0.9, θ≈0.12·θmax, α≈0.01
@@ -175,12 +222,42 @@ class NeuralMemory(torch.nn.Module):
         return (torch.sigmoid(logits[..., 0]), self.theta_max * torch.sigmoid(logits[..., 1]),
                 torch.sigmoid(logits[..., 2]))
 
+    def set_active_slots(self, n: int) -> None:
+        """The capacity: the first n units active, the rest masked."""
+        with torch.no_grad():
+            self.mask.zero_()
+            self.mask[:n] = 1.0
+        self._prefix_key, self._prefix = None, n
+        self.active_prefix()
+
+    def active_prefix(self) -> int | None:
+        """n when the mask is n ones followed by zeros (how capacities are set), else None. Cached on the
+        mask tensor's identity and version, so in-place edits and loads are seen without a per-call scan. A
+        mask on the meta device (the memory probe's copy) has no values: the last value read is used."""
+        if self.mask.is_meta:
+            return getattr(self, "_prefix", None)
+        key = (id(self.mask), self.mask._version)
+        if getattr(self, "_prefix_key", None) != key:
+            m = self.mask
+            n = int((m != 0).sum())
+            prefix = bool((m[:n] == 1).all()) and bool((m[n:] == 0).all())
+            self._prefix_key, self._prefix, self._mask_ref = key, (n if prefix else None), m
+        return self._prefix
+
     def forward(self, x: Tensor, state: MemoryState | None = None) -> tuple[Tensor, MemoryState]:
         k = F.normalize(self.to_k(x), dim=-1)
         v = self.to_v(x)
         q = F.normalize(self.to_q(x), dim=-1)
         eta, theta, alpha = self.rates(x)
-        args = (k, v, q, eta, theta, alpha, self.w1_init, self.w2_init, self.mask, self.chunk, state)
+        n = self.active_prefix()
+        if n is not None:
+            # Units beyond the active prefix are exactly zero in every read, write and gradient, so the scan
+            # runs on the first n units only (same outputs, gradients zero on the rest); the state it returns
+            # has n units.
+            w1, w2, mask = self.w1_init[:n], self.w2_init[:, :n], None
+        else:
+            w1, w2, mask = self.w1_init, self.w2_init, self.mask
+        args = (k, v, q, eta, theta, alpha, w1, w2, mask, self.chunk, state)
         if self.checkpoint and torch.is_grad_enabled() and state is None:
             # The scan's intermediates are B·C·S per chunk and layer call; recomputing them in backward keeps
             # only k, v, q and the rates alive, which is what lets the default model train on 6 GB.

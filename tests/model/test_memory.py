@@ -124,3 +124,65 @@ def test_recall_of_stored_pairs_beats_unseen_keys_and_improves_with_capacity():
         assert stored < fresh
         errors.append(stored)
     assert errors[0] > errors[1] > errors[2]
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 17])
+def test_gradients_of_the_parallel_scan_equal_the_naive_loop(chunk):
+    leaves = [t.clone().requires_grad_(True) for t in inputs(length=13)[:8]]
+    mask = inputs()[8]
+    state_in = None
+    grads = []
+    for fn in (memory_scan, naive_memory):
+        out, state = fn(*leaves, mask, chunk, state_in)
+        loss = (out * torch.linspace(-1, 1, out.numel(), dtype=F64).view_as(out)).sum() + sum(
+            (s * (i + 1)).sum() for i, s in enumerate(state))
+        grads.append(torch.autograd.grad(loss, leaves))
+    for name, fast, slow in zip("k v q eta theta alpha w1 w2".split(), *grads):
+        assert torch.allclose(fast, slow, atol=1e-10), name
+
+
+def test_fused_silu_derivative_is_differentiable_in_both_arguments():
+    from shared.model.memory import _SiluGradMul
+
+    g = torch.randn(3, 5, dtype=F64, requires_grad=True)
+    h = (torch.randn(3, 5, dtype=F64) * 3).requires_grad_(True)
+    assert torch.autograd.gradcheck(_SiluGradMul.apply, (g, h))
+    s = torch.sigmoid(h)
+    assert torch.allclose(_SiluGradMul.apply(g, h), g * s * (1 + h * (1 - s)))
+
+
+@pytest.mark.parametrize("active", [0, 3, 6])
+def test_module_runs_only_the_active_prefix_with_the_same_reads_and_gradients(active):
+    from shared.model.memory import NeuralMemory
+
+    torch.manual_seed(0)
+    mem = NeuralMemory(8, 4, 6, active, 3, 1.0).double()
+    x = torch.randn(2, 7, 8, dtype=F64)
+    assert mem.active_prefix() == active
+    out, state = mem(x)
+    assert state.d1.shape == (2, active, 4)
+    # the reference: the full-width scan with the mask
+    k, v, q = F.normalize(mem.to_k(x), dim=-1), mem.to_v(x), F.normalize(mem.to_q(x), dim=-1)
+    ref, _ = memory_scan(k, v, q, *mem.rates(x), mem.w1_init, mem.w2_init, mem.mask, 3)
+    assert torch.allclose(out, ref, atol=1e-12)
+    out.sum().backward()
+    assert torch.count_nonzero(mem.w1_init.grad[active:]) == 0
+    assert torch.count_nonzero(mem.w2_init.grad[:, active:]) == 0
+    assert (torch.count_nonzero(mem.w1_init.grad[:active]) > 0) == (active > 0)
+
+
+def test_a_mask_that_is_not_a_prefix_takes_the_masked_path_and_edits_are_seen():
+    from shared.model.memory import NeuralMemory
+
+    torch.manual_seed(0)
+    mem = NeuralMemory(8, 4, 6, 6, 3, 1.0).double()
+    x = torch.randn(1, 5, 8, dtype=F64)
+    with torch.no_grad():
+        mem.mask.copy_(torch.tensor([1, 0, 1, 0, 1, 0], dtype=F64))
+    assert mem.active_prefix() is None
+    out, state = mem(x)
+    assert state.d1.shape == (1, 6, 4) and torch.count_nonzero(state.d1[:, 1::2]) == 0
+    mem.mask[2:] = 0                                  # in place: seen through the tensor's version counter
+    assert mem.active_prefix() == 1
+    mem.load_state_dict({**mem.state_dict(), "mask": torch.tensor([1, 1, 1, 1, 0, 0], dtype=F64)})
+    assert mem.active_prefix() == 4

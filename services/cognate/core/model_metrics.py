@@ -14,8 +14,9 @@ every position is a real token and costs compute whether or not it is scored):
   (`TRMOutput.halting_steps`).
 - FLOPs per step per token  F(L) = FLOPs(model.supervision_step on one sample of length L) / L, counted by
   torch.utils.flop_counter (matmuls; elementwise ops are not counted). The LM and halting heads evaluated
-  after each step are not part of a supervision step and are left out. Masked memory units are computed
-  (and cost FLOPs) like active ones, so F depends on shapes and recursion depth, not on active capacity.
+  after each step are not part of a supervision step and are left out. The memory computes only its active
+  units (masked ones are exactly zero and skipped), so F depends on shapes, recursion depth and the active
+  capacity `active_ltm_slots`.
 - compute per token  C = (1/N) Σ_batches Σ_positions s_p · F(L_batch)  — the deterministic stand-in for
   inference time: with one sequence length, C = H · F(L) exactly.
 - LTM usage  U = mean over layers of |{s active : m_s > 0.01 · max_s' m_s'}| / ltm_slots, where

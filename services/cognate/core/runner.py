@@ -49,8 +49,7 @@ def check_mixes(spec, data: CognateData) -> None:
 def set_capacity(model: TRMTitansMAG, active_slots: int, act_threshold: float) -> None:
     """A variant's memory capacity (masking the units beyond it) and halting threshold."""
     for layer in model.net.layers:
-        layer.memory.mask.zero_()
-        layer.memory.mask[:active_slots] = 1.0
+        layer.memory.set_active_slots(active_slots)
     model.config.active_ltm_slots = active_slots
     model.config.act_threshold = act_threshold
 
