@@ -51,8 +51,10 @@ def run(tmp_path, records, tok, *, crash_at=None, ctx=None):
     model = model_for(tok)
     opt = MuonGrokfast.phase1(model.named_parameters(), qk_modules=model.qk_clip_modules(), max_grad_norm=1.0)
 
-    def on_step(seg, step, loss):
-        if crash_at is not None and step == crash_at:
+    def on_step(info):
+        assert info.tokens_per_s > 0 and info.memory_mb > 0 and info.segment is SEG
+        assert info.epoch_end == ((info.step + 1) % SEG.steps_per_epoch == 0)
+        if crash_at is not None and info.step == crash_at:
             raise KeyboardInterrupt("simulated kill")
 
     torch.manual_seed(SEG.seed)

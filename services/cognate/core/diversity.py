@@ -60,6 +60,11 @@ def _each(metric, models: Sequence, batches) -> list:
     return [metric(m, batches) for m in models]
 
 
+def diversity_figures(profiles: Sequence[ModelProfile]) -> dict[str, float]:
+    """The three figures from already measured per-model profiles (no model is run again)."""
+    return _figures(profiles)
+
+
 def _figures(profiles: Sequence[ModelProfile]) -> dict[str, float]:
     return {"halting_diversity": _spread([p.halting_steps for p in profiles]),
             "memory_diversity": _relative_spread([p.ltm_usage for p in profiles]),
@@ -103,12 +108,14 @@ DIVERSITY_COLUMNS = ["name", "act_threshold", "active_ltm_slots", "mean_halting_
                      "ltm_usage", "val_nll"]
 
 
-def diversity_table(models: Mapping[str, object], batches) -> tuple[list[str], list[list]]:
+def diversity_table(models: Mapping[str, object], batches,
+                    profiles: Mapping[str, ModelProfile] | None = None) -> tuple[list[str], list[list]]:
     """Columns and rows for `wandb.Table(columns=..., data=...)` ("diversity/model_comparison"): per model its
-    halting threshold, active memory slots (from the mask), H, C, U and validation NLL."""
+    halting threshold, active memory slots (from the mask), H, C, U and validation NLL. `profiles` (by
+    model name), when given, are used instead of measuring the models again."""
     rows = []
     for name, model in models.items():
-        p = profile_model(model, batches)
+        p = profiles[name] if profiles is not None else profile_model(model, batches)
         rows.append([name, float(model.config.act_threshold), _active_slots(model), p.halting_steps,
                      p.compute_per_token, p.ltm_usage, p.nll])
     return list(DIVERSITY_COLUMNS), rows
@@ -123,7 +130,8 @@ def _check_same_shapes(model_a, model_b) -> None:
                                field="model_b")
 
 
-def loss_barrier(model_a, model_b, batches, points: int = 5) -> dict:
+def loss_barrier(model_a, model_b, batches, points: int = 5,
+                 endpoint_losses: tuple[float, float] | None = None) -> dict:
     """Loss along the straight line between two models (linear mode connectivity of the parents).
 
     θ(t) = (1 − t)·θ_a + t·θ_b for every parameter, t in linspace(0, 1, points) (torch.lerp: exact at the
@@ -132,7 +140,8 @@ def loss_barrier(model_a, model_b, batches, points: int = 5) -> dict:
     L(t) = validation NLL of θ(t) with ACT halting (model_metrics.validation_nll).
     barrier = max_t [L(t) − ((1 − t)·L(0) + t·L(1))]: the largest excess over the straight line between the
     endpoint losses (≥ 0 since the endpoints are included; 0 for a model with itself).
-    Works on a deep copy: the inputs are not modified. Returns {"barrier", "losses", "t"}.
+    Works on a deep copy: the inputs are not modified. Returns {"barrier", "losses", "t"}. `endpoint_losses`
+    = (L(0), L(1)) when already measured on the same batches (validation_nll of each model), else measured.
     """
     if not isinstance(points, int) or points < 2:
         raise InvalidSpecError(f"must be an integer >= 2, got {points!r}", field="points")
@@ -141,7 +150,10 @@ def loss_barrier(model_a, model_b, batches, points: int = 5) -> dict:
     params_a, params_b = dict(model_a.named_parameters()), dict(model_b.named_parameters())
     ts = torch.linspace(0.0, 1.0, points, dtype=torch.float64).tolist()
     losses = []
-    for t in ts:
+    for i, t in enumerate(ts):
+        if endpoint_losses is not None and i in (0, len(ts) - 1):
+            losses.append(float(endpoint_losses[0 if i == 0 else 1]))
+            continue
         source = model_a if t < 0.5 else model_b
         source_buffers = dict(source.named_buffers())
         with torch.no_grad():

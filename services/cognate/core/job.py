@@ -18,12 +18,15 @@ import logging
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
+
+import torch
 
 from services.cognate.core import diversity as div
 from services.cognate.core import model_metrics as mm
 from services.cognate.core.data import load_cognate_data
-from services.cognate.core.runner import schedule, train_all, validation_batches
+from services.cognate.core.runner import schedule, train_all, validate, validation_batches
 from shared.data.tokenizer import save_tokenizer
 from shared.evaluation import evaluate_arc, evaluate_gsm8k
 from shared.model import save_model
@@ -49,6 +52,21 @@ def task_metrics(model, tokenizer, data, evaluation: dict) -> dict[str, float]:
     return out
 
 
+def epoch_validation(model, batches) -> dict[str, float]:
+    """val/loss, val/accuracy and the mean executed halting steps on a few validation batches, in eval mode
+    (ACT halting, no dropout; no random numbers drawn, so a resumed job's curve is unchanged); the model's
+    training mode is restored."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    try:
+        nll, accuracy = validate(model, [{k: t.to(device) for k, t in b.items()} for b in batches])
+        with torch.no_grad():
+            steps = torch.cat([model(b["input_ids"].to(device)).halting_steps.flatten() for b in batches])
+        return {names.VAL_LOSS: nll, names.VAL_ACCURACY: accuracy, "val/halting_steps": float(steps.mean())}
+    finally:
+        model.train(was_training)
+
+
 class CognateRunner:
     def validate(self, spec) -> list[str]:
         return []   # the schema checks the spec; data-dependent checks run before training starts
@@ -66,39 +84,54 @@ class CognateRunner:
             total = sum(schedule(ctx.spec)[1].values())
             done = [0]
 
-            def on_step(seg, step, loss):
+            val_batches = validation_batches(data, data.tokenizer, ctx.spec.model.max_seq_len, limit=2)
+
+            def on_step(info):
                 done[0] += 1
-                tel.log({f"{seg.name}/{names.TRAIN_LOSS}": loss,
-                         f"{seg.name}/{names.TRAIN_PERPLEXITY}": math.exp(min(loss, 30))}, step=done[0])
+                name, loss = info.segment.name, info.loss
+                tel.log({f"{name}/{names.TRAIN_LOSS}": loss,
+                         f"{name}/{names.TRAIN_PERPLEXITY}": math.exp(min(loss, 30)),
+                         f"{name}/train/tokens_per_s": info.tokens_per_s,
+                         f"{name}/train/memory_mb": info.memory_mb}, step=done[0])
+                if info.epoch_end:
+                    tel.log({f"{name}/{k}": v for k, v in epoch_validation(info.model, val_batches).items()},
+                            step=done[0])
                 if done[0] % 10 == 0:
-                    ctx.progress(f"training {seg.name}", fraction=0.8 * done[0] / max(1, total), step=done[0],
-                                 total_steps=total, metrics={f"cognate/{seg.name}/train_loss": loss})
+                    ctx.progress(f"training {name}", fraction=0.8 * done[0] / max(1, total), step=done[0],
+                                 total_steps=total, metrics={f"cognate/{name}/train_loss": loss})
 
             models, metrics = train_all(ctx.spec, data, ctx=ctx, on_step=on_step)
             ctx.progress("evaluating", fraction=0.85)
             batches = validation_batches(data, data.tokenizer, ctx.spec.model.max_seq_len)
+            profiles = {}
             for name, model in models.items():
+                t0 = time.perf_counter()
                 if name != "ancestor":   # task scores are for the three models; the ancestor is a merge base
                     metrics[name].update(task_metrics(model, data.tokenizer, data, evaluation))
-                metrics[name]["compute_per_token"] = mm.compute_per_token(model, batches)
-                metrics[name]["ltm_usage"] = mm.ltm_usage(model, batches)
-            variants = [models[v] for v in VARIANTS]
+                t1 = time.perf_counter()
+                profiles[name] = mm.profile_model(model, batches)   # one ACT pass gives H, C, U and the NLL
+                metrics[name]["compute_per_token"] = profiles[name].compute_per_token
+                metrics[name]["ltm_usage"] = profiles[name].ltm_usage
+                log.info("evaluated %s: tasks %.1f s, profile %.1f s", name, t1 - t0, time.perf_counter() - t1)
             flat = {f"cognate/{m}/{k}": float(v) for m, d in metrics.items() for k, v in d.items()}
+            figures = div.diversity_figures([profiles[v] for v in VARIANTS])
             flat.update({
                 "cognate/val_nll_gain_vs_unigram": min(metrics[v]["val_nll_gain_vs_unigram"] for v in VARIANTS),
-                "cognate/halting_diversity": div.halting_diversity(variants, batches),
-                "cognate/memory_diversity": div.memory_diversity(variants, batches),
-                "cognate/compute_diversity": div.compute_diversity(variants, batches),
+                **{f"cognate/{k}": v for k, v in figures.items()},
             })
             if "gsm8k_acc" in metrics["reasoning"]:
                 flat["cognate/gsm8k_acc"] = metrics["reasoning"]["gsm8k_acc"]
+            t0 = time.perf_counter()
             for a, b in itertools.combinations(VARIANTS, 2):
-                flat[f"cognate/barrier/{a}-{b}"] = div.loss_barrier(models[a], models[b], batches)["barrier"]
+                flat[f"cognate/barrier/{a}-{b}"] = div.loss_barrier(
+                    models[a], models[b], batches, endpoint_losses=(profiles[a].nll, profiles[b].nll))["barrier"]
+            log.info("loss barriers: %.1f s", time.perf_counter() - t0)
             flat = {k: v for k, v in flat.items() if math.isfinite(v)}   # never report a non-number
             for name in ("ancestor", *VARIANTS):
                 tel.log({f"{name}/{names.VAL_LOSS}": metrics[name]["val_loss"],
                          f"{name}/{names.VAL_ACCURACY}": metrics[name]["val_accuracy"]})
-            tel.table("diversity/model_comparison", *div.diversity_table({v: models[v] for v in VARIANTS}, batches))
+            tel.table("diversity/model_comparison", *div.diversity_table({v: models[v] for v in VARIANTS}, batches,
+                                                                          profiles))
             tel.summary(flat)
             ctx.progress("publishing", fraction=0.95, metrics=flat)
             tok_dir = work / "tokenizer"

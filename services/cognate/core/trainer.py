@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import resource
 import time
 from dataclasses import dataclass, field
 
@@ -37,6 +38,29 @@ class Segment:
     last_step: int                 # schedule step it stops before
     steps_per_epoch: int
     total_epochs: int              # the model's whole schedule (stages follow it)
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What the trainer reports after every optimizer step (to `on_step`, for W&B and progress).
+
+    tokens_per_s: tokens of the effective batch / wall seconds of this step (deep supervision included).
+    memory_mb: peak memory so far — torch.cuda.max_memory_allocated on a GPU, the process's peak resident
+    set size (getrusage ru_maxrss) on the CPU. epoch_end: this step was the last of an epoch."""
+
+    segment: Segment
+    step: int
+    loss: float
+    tokens_per_s: float
+    memory_mb: float
+    epoch_end: bool
+    model: object
+
+
+def peak_memory_mb(device: str) -> float:
+    if device == "cuda" and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux reports KiB
 
 
 @dataclass
@@ -177,12 +201,16 @@ class Trainer:
                 drawn = list(itertools.islice(sequences, self.batch_size * self.accumulation))
                 if len(drawn) < self.batch_size * self.accumulation:
                     break                                  # the epoch's data ran out: next epoch
+                t0 = time.perf_counter()
                 lm_total = self._step_with_oom_recovery(step, drawn)
+                seconds = time.perf_counter() - t0
+                tokens = sum(d["input_ids"].numel() for d in drawn)
                 result.losses.append(lm_total)
-                result.tokens += sum(d["input_ids"].numel() for d in drawn)
+                result.tokens += tokens
                 detect_training_issues(result.losses)
                 if self.on_step is not None:
-                    self.on_step(seg, step, lm_total)
+                    self.on_step(StepInfo(seg, step, lm_total, tokens / max(seconds, 1e-9),
+                                          peak_memory_mb(self.device), step + 1 == epoch_end, self.model))
                 if step % self.log_every == 0:
                     log.info("%s step %d: loss %.3f, ppl %.1f", seg.name, step, lm_total, math.exp(min(lm_total, 30)))
                 if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0:
