@@ -18,7 +18,8 @@ import torch
 
 from shared.data.records import Record
 from shared.errors import InvalidSpecError
-from shared.evaluation.lm import LanguageModel, Tokenizer, context_limit, encode, generate_tokens
+from shared.evaluation.lm import (LanguageModel, Tokenizer, context_limit, encode, generate_tokens,
+                                  greedy_generate_many, has_cache)
 from shared.evaluation.subset import first_n
 
 log = logging.getLogger(__name__)
@@ -80,9 +81,10 @@ def fewshot_prefix(examples: Sequence[Record]) -> str:
 def evaluate_gsm8k(model: LanguageModel, tokenizer: Tokenizer, records: Iterable[Record], *,
                    max_new_tokens: int = 256, limit: int | None = None, fewshot: str = "",
                    stop: Sequence[str] = ("Question:",), max_length: int | None = None,
-                   eos_token_id: int | None = None) -> dict[str, float]:
+                   eos_token_id: int | None = None, batch_size: int = 8) -> dict[str, float]:
     """exact_match (share of records whose extracted number equals the gold), answered (share whose output
-    had any number) and n. `limit` takes the first N records in natural id order."""
+    had any number) and n. `limit` takes the first N records in natural id order. Greedy decoding: the
+    model's `generate` when it has a KV cache, else `greedy_generate_many` over `batch_size` prompts."""
     chosen = first_n(records, limit)
     if not chosen:
         raise InvalidSpecError("no records to evaluate: an unmeasured metric must not pass a gate",
@@ -97,7 +99,7 @@ def evaluate_gsm8k(model: LanguageModel, tokenizer: Tokenizer, records: Iterable
         text = tokenizer.decode(new_ids)
         return any(s in text for s in stop)
 
-    correct = answered = 0
+    golds, prompts = [], []
     for record in chosen:
         gold = extract_final_number(record.answer)
         if gold is None:
@@ -106,8 +108,16 @@ def evaluate_gsm8k(model: LanguageModel, tokenizer: Tokenizer, records: Iterable
         prompt_ids = encode(tokenizer, gsm8k_prompt(record.prompt, fewshot))
         if limit_tokens is not None:
             prompt_ids = prompt_ids[-(limit_tokens - max_new_tokens):]  # drop few-shot text first
-        new_ids = generate_tokens(model, torch.tensor([prompt_ids], dtype=torch.long), max_new_tokens, eos,
-                                  max_length=limit_tokens, should_stop=should_stop)[0]
+        golds.append(gold)
+        prompts.append(prompt_ids)
+    if has_cache(model):     # the model's own generate, one prompt at a time, its KV cache doing the work
+        outputs = [generate_tokens(model, torch.tensor([p], dtype=torch.long), max_new_tokens, eos,
+                                   max_length=limit_tokens, should_stop=should_stop)[0] for p in prompts]
+    else:                    # no cache: batched right-padded greedy decoding (exact for a causal model)
+        outputs = greedy_generate_many(model, prompts, max_new_tokens, eos, max_length=limit_tokens,
+                                       should_stop=should_stop, batch_size=batch_size)
+    correct = answered = 0
+    for gold, new_ids in zip(golds, outputs, strict=True):
         text = tokenizer.decode(new_ids)
         for s in stop:
             text = text.split(s, 1)[0]

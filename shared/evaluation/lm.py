@@ -217,6 +217,64 @@ def greedy_generate(model: LanguageModel, input_ids: torch.Tensor, max_new_token
     return seq
 
 
+def has_cache(model: Any) -> bool:
+    """True for a model with its own `generate`, unless its generation_config says use_cache=False (as
+    TRMTitansMAG's does: without a cache, batched greedy decoding over our loop is the faster path)."""
+    config = getattr(model, "generation_config", None)
+    return callable(getattr(model, "generate", None)) and getattr(config, "use_cache", True) is not False
+
+
+def greedy_generate_many(model: LanguageModel, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                         eos_token_id: int | None = None, *, max_length: int | None = None,
+                         should_stop: Callable[[list[int]], bool] | None = None, batch_size: int = 8,
+                         pad_id: int = 0) -> list[list[int]]:
+    """Argmax decoding of many prompts of different lengths, `batch_size` at a time, without a cache: the
+    new tokens per prompt, cut before the first eos (as `generate_tokens` returns them).
+
+    Rows are right-padded, each step reads row i's logits at its own last position. For a causal model
+    (position t never sees t' > t) the padding after a row's last token cannot change its logits, so every
+    row decodes as it would alone (up to floating-point rounding of batched kernels). Each row's window is
+    its own last `max_length` tokens. A row stops at eos or when `should_stop(its new tokens)` is true; the
+    batch stops when every row has.
+    """
+    if max_new_tokens < 0:
+        raise InvalidSpecError(f"must be >= 0, got {max_new_tokens}", field="max_new_tokens")
+    if batch_size < 1:
+        raise InvalidSpecError(f"must be >= 1, got {batch_size}", field="batch_size")
+    if any(len(p) == 0 for p in prompts):
+        raise InvalidSpecError("every prompt needs at least one token", field="prompts")
+    limit = context_limit(model, max_length)
+    device = device_of(model)
+    results: list[list[int]] = []
+    with evaluating(model):
+        for start in range(0, len(prompts), batch_size):
+            rows = [list(p) for p in prompts[start:start + batch_size]]
+            new: list[list[int]] = [[] for _ in rows]
+            active = [True] * len(rows)
+            for _ in range(max_new_tokens):
+                live = [i for i, a in enumerate(active) if a]
+                if not live:
+                    break
+                windows = [rows[i] if limit is None else rows[i][-limit:] for i in live]
+                width = max(len(w) for w in windows)
+                ids = torch.full((len(live), width), pad_id, dtype=torch.long)
+                for r, w in enumerate(windows):
+                    ids[r, :len(w)] = torch.tensor(w, dtype=torch.long)
+                logits = logits_of(model, ids.to(device))
+                last = torch.tensor([len(w) - 1 for w in windows], device=logits.device)
+                chosen = logits[torch.arange(len(live), device=logits.device), last].argmax(-1).tolist()
+                for i, token in zip(live, chosen, strict=True):
+                    if eos_token_id is not None and token == eos_token_id:
+                        active[i] = False
+                        continue
+                    rows[i].append(token)
+                    new[i].append(token)
+                    if should_stop is not None and should_stop(new[i]):
+                        active[i] = False
+            results.extend(new)
+    return results
+
+
 def generate_tokens(model: LanguageModel, input_ids: torch.Tensor, max_new_tokens: int,
                     eos_token_id: int | None = None, *, max_length: int | None = None,
                     should_stop: Callable[[list[int]], bool] | None = None) -> list[list[int]]:

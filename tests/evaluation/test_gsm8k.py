@@ -122,3 +122,21 @@ def test_bad_input_is_an_error():
         evaluate_gsm8k(UniformLM(), TOK, [], max_new_tokens=2)
     with pytest.raises(InvalidSpecError, match="max_new_tokens"):
         evaluate_gsm8k(UniformLM(), TOK, gsm8k_records(1), max_new_tokens=8, max_length=8)
+
+
+def test_batched_decoding_of_a_model_without_a_cache_equals_one_prompt_at_a_time():
+    import torch
+
+    from shared.evaluation import greedy_generate, greedy_generate_many
+    from shared.model import TRMTitansMAG
+    from tests.model.helpers import tiny_config
+
+    torch.manual_seed(0)
+    model = TRMTitansMAG(tiny_config(vocab_size=40, max_seq_len=24))
+    prompts = [[3, 5, 7], [1] * 9, [2, 4, 6, 8, 10, 12], [9]]
+    alone = [greedy_generate(model, torch.tensor([p]), 6, max_length=12)[0, len(p):].tolist() for p in prompts]
+    for batch_size in (1, 3, 4):   # rows of different lengths, right-padded, windows cropped per row
+        assert greedy_generate_many(model, prompts, 6, max_length=12, batch_size=batch_size) == alone
+    eos = alone[1][2]               # a row that emits eos stops there (its new tokens end before it)
+    cut = greedy_generate_many(model, prompts, 6, eos, max_length=12)
+    assert cut == [a[:a.index(eos)] if eos in a else a for a in alone] and len(cut[1]) <= 2
