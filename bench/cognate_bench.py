@@ -1,7 +1,7 @@
 """Phase 1 on the `tiny` profile, on CPU: prepare the curriculum, then the whole cognate job (warm-up +
 three variants + evaluation), timed against the target of ≤ 6 minutes for the training on 2 cores.
 
-    .venv/bin/python bench/cognate_bench.py [--profile tiny]
+    .venv/bin/python bench/cognate_bench.py [--profile tiny] [--out FILE] [--verbose]
 
 Reports the wall time of training and of evaluation, and each model's held-out NLL against the unigram
 model of the same data (the models should end well below it). Appends to bench/RESULTS.md.
@@ -25,8 +25,12 @@ from common import append_section, machine_line  # noqa: E402 - bench/ is not a 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="tiny")
+    ap.add_argument("--out", default=None, help="write the section here instead of appending to bench/RESULTS.md")
+    ap.add_argument("--verbose", action="store_true", help="log the job's progress (evaluation times per model)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.verbose:
+        logging.getLogger("services.cognate").setLevel(logging.INFO)
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(var, "1")
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -68,10 +72,15 @@ def main() -> None:
             fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
             lines.append(f"| {name} | {fmt(g('val_loss'))} | {fmt(g('val_nll_gain_vs_unigram'))} | "
                          f"{fmt(g('halting_steps'))} | {fmt(g('gsm8k_acc'))} | {fmt(g('arc_acc'))} |")
-        lines += ["", "diversity: " + ", ".join(f"{k.split('/')[-1]} {m[k]:.3f}" for k in
+        lines += ["", f"learning-rate halvings (roll-backs): {m.get('cognate/ancestor/lr_halvings', 0):.0f}",
+                  "", "diversity: " + ", ".join(f"{k.split('/')[-1]} {m[k]:.3f}" for k in
                                                ("cognate/halting_diversity", "cognate/memory_diversity",
                                                 "cognate/compute_diversity") if k in m), ""]
-        append_section("\n".join(lines))
+        if args.out:
+            Path(args.out).write_text("\n".join(lines))
+            print("\n".join(lines))
+        else:
+            append_section("\n".join(lines))
         data.shutdown()
         cog.shutdown()
 

@@ -145,3 +145,50 @@ def test_accumulated_micro_batches_give_the_full_batch_gradient(tmp_path):
         grads.append(captured)
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
+
+
+def _nan_at(monkeypatch, calls: set[int]):
+    """Make the listed _train_step calls (0-based, counted over the whole test) report a NaN loss."""
+    real = Trainer._train_step
+    count = [0]
+
+    def sometimes_nan(self, micro):
+        loss = real(self, micro)
+        count[0] += 1
+        return float("nan") if count[0] - 1 in calls else loss
+
+    monkeypatch.setattr(Trainer, "_train_step", sometimes_nan)
+
+
+def test_a_non_finite_loss_rolls_back_to_the_last_checkpoint_and_halves_the_learning_rate(tmp_path, monkeypatch):
+    records, tok = corpus()
+    _nan_at(monkeypatch, {5})
+    ctx = make_ctx(tmp_path)
+    model = model_for(tok)
+    opt = MuonGrokfast.phase1(model.named_parameters(), qk_modules=model.qk_clip_modules(), max_grad_norm=1.0)
+    lrs = [g["lr"] for g in opt.param_groups]
+    trainer = Trainer(model, opt, records, tok, seq_len=32, batch_size=2, n_sup=1, checkpoint_every=2, ctx=ctx)
+    result = trainer.run(SEG)
+    assert trainer.mitigations == [{"segment": "warmup", "issue": "NonFiniteLossError", "at_step": 5,
+                                    "rolled_back_to": 4, "lr_scale": 0.5}]
+    assert len(result.losses) == 8 and all(loss == loss for loss in result.losses)   # the NaN step was redone
+    assert [g["lr"] for g in opt.param_groups] == [lr / 2 for lr in lrs]
+    assert ctx.latest_checkpoint().state["lr_scale"] == 0.5     # a restart keeps the lower rate
+
+
+def test_a_loss_that_stays_non_finite_stops_after_three_halvings_and_without_a_checkpoint_at_once(tmp_path,
+                                                                                                 monkeypatch):
+    records, tok = corpus()
+    _nan_at(monkeypatch, set(range(5, 100)))
+    model = model_for(tok)
+    opt = MuonGrokfast.phase1(model.named_parameters(), qk_modules=model.qk_clip_modules(), max_grad_norm=1.0)
+    trainer = Trainer(model, opt, records, tok, seq_len=32, batch_size=2, n_sup=1, checkpoint_every=2,
+                      ctx=make_ctx(tmp_path))
+    with pytest.raises(FailedPreconditionError, match="after 3 learning-rate halvings"):
+        trainer.run(SEG)
+    assert [m["lr_scale"] for m in trainer.mitigations] == [0.5, 0.25, 0.125]
+    fresh = model_for(tok)
+    bare = Trainer(fresh, MuonGrokfast.phase1(fresh.named_parameters()), records, tok, seq_len=32,
+                   batch_size=2, n_sup=1, checkpoint_every=0)
+    with pytest.raises(FailedPreconditionError, match="no checkpoint of this segment to roll back to"):
+        bare.run(SEG)

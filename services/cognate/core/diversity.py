@@ -121,6 +121,27 @@ def diversity_table(models: Mapping[str, object], batches,
     return list(DIVERSITY_COLUMNS), rows
 
 
+def specialisation_problems(profiles: Mapping[str, ModelProfile], threshold: float = DIVERSITY_THRESHOLD) -> list[str]:
+    """Why the three variants do not (yet) have their specialisations, measured; [] when they do.
+    - validate_diversity's rule fails (memory_diversity and compute_diversity both below `threshold`);
+    - reasoning does not think longer than speed (H_reasoning <= H_speed);
+    - memory does not use the most memory (U_memory < max of the others).
+    The Cognate job answers a non-empty list with the checklist's mitigation: retrain the variants with more
+    aggressive config differences (runner.more_different), once."""
+    problems = []
+    figures = _figures([profiles[n] for n in ("reasoning", "memory", "speed")])
+    if figures["memory_diversity"] < threshold and figures["compute_diversity"] < threshold:
+        problems.append(f"memory_diversity {figures['memory_diversity']:.3f} and compute_diversity "
+                        f"{figures['compute_diversity']:.3f} both below {threshold}")
+    h_r, h_s = profiles["reasoning"].halting_steps, profiles["speed"].halting_steps
+    if not h_r > h_s:
+        problems.append(f"reasoning does not think longer than speed (halting steps {h_r:.3f} vs {h_s:.3f})")
+    u = {n: profiles[n].ltm_usage for n in ("reasoning", "memory", "speed")}
+    if u["memory"] < max(u["reasoning"], u["speed"]):
+        problems.append(f"memory does not use the most memory (ltm_usage {u})")
+    return problems
+
+
 def _check_same_shapes(model_a, model_b) -> None:
     def shapes(m):
         return ({n: tuple(t.shape) for n, t in m.named_parameters()}, {n: tuple(t.shape) for n, t in m.named_buffers()})

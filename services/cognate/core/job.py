@@ -1,4 +1,7 @@
-"""The Cognate phase as a job: train (runner.train_all), evaluate, measure diversity, publish four models.
+"""The Cognate phase as a job: train (runner.TrainingSession: warm-up, then the variants), check that the
+variants specialised as intended (diversity.specialisation_problems; if not, the checklist's mitigation:
+retrain them once with more aggressive config differences, runner.more_different), evaluate, measure
+diversity, publish four models.
 
 Artifacts: "ancestor" and "model_reasoning" / "model_memory" / "model_speed", each a saved TRMTitansMAG
 (safetensors + config.json) with the data's tokenizer under tokenizer/. Gate metrics (profile gate table):
@@ -26,7 +29,8 @@ import torch
 from services.cognate.core import diversity as div
 from services.cognate.core import model_metrics as mm
 from services.cognate.core.data import load_cognate_data
-from services.cognate.core.runner import schedule, train_all, validate, validation_batches
+from services.cognate.core.runner import (TrainingSession, more_different, schedule, validate,
+                                          validation_batches)
 from shared.data.tokenizer import save_tokenizer
 from shared.evaluation import evaluate_arc, evaluate_gsm8k
 from shared.model import save_model
@@ -97,23 +101,35 @@ class CognateRunner:
                     tel.log({f"{name}/{k}": v for k, v in epoch_validation(info.model, val_batches).items()},
                             step=done[0])
                 if done[0] % 10 == 0:
-                    ctx.progress(f"training {name}", fraction=0.8 * done[0] / max(1, total), step=done[0],
+                    ctx.progress(f"training {name}", fraction=min(0.8, 0.8 * done[0] / max(1, total)), step=done[0],
                                  total_steps=total, metrics={f"cognate/{name}/train_loss": loss})
 
-            models, metrics = train_all(ctx.spec, data, ctx=ctx, on_step=on_step)
-            ctx.progress("evaluating", fraction=0.85)
+            session = TrainingSession(ctx.spec, data, ctx=ctx, on_step=on_step)
+            ancestor = session.warmup()
+            models, metrics = session.variants(ancestor, ctx.spec.variants)
             batches = validation_batches(data, data.tokenizer, ctx.spec.model.max_seq_len)
-            profiles = {}
+            profiles = {name: mm.profile_model(m, batches) for name, m in models.items()}   # H, C, U, NLL
+            problems = div.specialisation_problems(profiles)
+            if problems:   # the checklist's mitigation, once: retrain with more aggressive config differences
+                log.warning("Phase-1 variants not specialised (%s): retraining with more different configs",
+                            "; ".join(problems))
+                ctx.progress("retraining the variants", fraction=0.5,
+                             message="not specialised: " + "; ".join(problems) + "; retraining with more "
+                                     "different configs (reasoning thinks longer, speed halts earlier with "
+                                     "less memory, memory gets the full capacity)")
+                models, metrics = session.variants(
+                    ancestor, more_different(ctx.spec.variants, ctx.spec.model.ltm_slots), attempt=1)
+                profiles = {name: mm.profile_model(m, batches) for name, m in models.items()}
+            ctx.progress("evaluating", fraction=0.85)
             for name, model in models.items():
                 t0 = time.perf_counter()
                 if name != "ancestor":   # task scores are for the three models; the ancestor is a merge base
                     metrics[name].update(task_metrics(model, data.tokenizer, data, evaluation))
-                t1 = time.perf_counter()
-                profiles[name] = mm.profile_model(model, batches)   # one ACT pass gives H, C, U and the NLL
                 metrics[name]["compute_per_token"] = profiles[name].compute_per_token
                 metrics[name]["ltm_usage"] = profiles[name].ltm_usage
-                log.info("evaluated %s: tasks %.1f s, profile %.1f s", name, t1 - t0, time.perf_counter() - t1)
+                log.info("evaluated %s: tasks %.1f s", name, time.perf_counter() - t0)
             flat = {f"cognate/{m}/{k}": float(v) for m, d in metrics.items() for k, v in d.items()}
+            flat["cognate/retrained_variants"] = float(bool(problems))
             figures = div.diversity_figures([profiles[v] for v in VARIANTS])
             flat.update({
                 "cognate/val_nll_gain_vs_unigram": min(metrics[v]["val_nll_gain_vs_unigram"] for v in VARIANTS),

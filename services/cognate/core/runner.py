@@ -117,55 +117,99 @@ def batch_plan(model, spec, device: str) -> tuple[int, int]:
 
 def train_all(spec, data: CognateData, *, ctx=None, on_step=None) -> tuple[dict[str, TRMTitansMAG], dict]:
     """Warm-up then the three variants; returns {"ancestor", variant names...: model} and metrics."""
-    check_mixes(spec, data)
-    if spec.model.vocab_size < len(data.tokenizer):
-        raise FailedPreconditionError(f"model vocab_size {spec.model.vocab_size} < tokenizer size "
-                                      f"{len(data.tokenizer)}")
-    warmup, totals = schedule(spec)
-    device = pick_device(ctx.request.device if ctx is not None else "cpu")
-    oom_events: list[dict] = []
-    torch.manual_seed(spec.init_seed)
-    cfg = TRMTitansMAGConfig.from_profile(spec.model, active_ltm_slots=spec.model.ltm_slots)
-    ancestor = TRMTitansMAG(cfg).to(device)
+    session = TrainingSession(spec, data, ctx=ctx, on_step=on_step)
+    ancestor = session.warmup()
+    return session.variants(ancestor, spec.variants)
 
-    def train_segment(index: int, model, seg: Segment) -> None:
+
+class TrainingSession:
+    """The shared warm-up and the variants' training of one Cognate job, with what they need in common
+    (device, schedule, segment bookkeeping for restarts, out-of-memory and learning-rate events)."""
+
+    def __init__(self, spec, data: CognateData, *, ctx=None, on_step=None):
+        check_mixes(spec, data)
+        if spec.model.vocab_size < len(data.tokenizer):
+            raise FailedPreconditionError(f"model vocab_size {spec.model.vocab_size} < tokenizer size "
+                                          f"{len(data.tokenizer)}")
+        self.spec, self.data, self.ctx, self.on_step = spec, data, ctx, on_step
+        self.warmup_steps, self.totals = schedule(spec)
+        self.device = pick_device(ctx.request.device if ctx is not None else "cpu")
+        self.oom_events: list[dict] = []
+        self.lr_halvings: list[dict] = []
+        self.segments = 0
+
+    def _train_segment(self, model, seg: Segment, key: str) -> None:
         """Train one segment, or load its result if this job finished it before a restart."""
-        done_key = ctx.output_key(f"segment-{seg.name}") if ctx is not None else None
+        spec, ctx = self.spec, self.ctx
+        index = self.segments
+        self.segments += 1
+        done_key = ctx.output_key(f"segment-{key}") if ctx is not None else None
         if done_key is not None and ctx.store.exists(f"{done_key}/manifest.json"):
             tensors, _ = ctx.store.load_tensors(ctx.store.ref_for(done_key), "model.safetensors")
             model.load_state_dict(tensors, strict=False)
-            log.info("segment %s was finished before a restart: loaded", seg.name)
+            log.info("segment %s was finished before a restart: loaded", key)
             return
         opt = MuonGrokfast.from_config(model.named_parameters(), spec.optimizer,
                                        qk_modules=model.qk_clip_modules(), max_grad_norm=spec.grad_clip)
-        batch, accumulation = batch_plan(model, spec, device)
-        trainer = Trainer(model, opt, data.train, data.tokenizer, seq_len=spec.model.max_seq_len,
+        batch, accumulation = batch_plan(model, spec, self.device)
+        trainer = Trainer(model, opt, self.data.train, self.data.tokenizer, seq_len=spec.model.max_seq_len,
                           batch_size=batch, accumulation=accumulation, n_sup=spec.model.n_sup,
                           checkpoint_every=spec.checkpoint_every_steps, ctx=ctx,
-                          checkpoint_offset=index * 1_000_000, on_step=on_step, device=device)
+                          checkpoint_offset=index * 1_000_000, on_step=self.on_step, device=self.device)
         trainer.run(seg)
-        oom_events.extend({"segment": seg.name, **e} for e in trainer.oom_events)
+        self.oom_events.extend({"segment": seg.name, **e} for e in trainer.oom_events)
+        self.lr_halvings.extend(trainer.mitigations)
         if ctx is not None:
-            with ctx.open_artifact(f"segment-{seg.name}", kind="checkpoint", config={"segment": seg.name}) as w:
+            with ctx.open_artifact(f"segment-{key}", kind="checkpoint", config={"segment": key}) as w:
                 w.add_tensors("model.safetensors", {k: v.detach().contiguous()
                                                     for k, v in model.state_dict().items()}, None)
 
-    longest = max(v.epochs for v in spec.variants)
-    train_segment(0, ancestor, Segment("warmup", spec.init_seed, dict(DEFAULT_WEIGHTS), 0, warmup,
-                                       spec.max_steps_per_epoch, longest))
-    models = {"ancestor": ancestor}
-    for i, v in enumerate(spec.variants, start=1):
-        model = copy.deepcopy(ancestor)
-        set_capacity(model, v.ltm_slots, v.act_threshold)
-        torch.manual_seed(v.seed)
-        train_segment(i, model, Segment(v.name, v.seed, v.mix.model_dump(), warmup, totals[v.name],
-                                        spec.max_steps_per_epoch, v.epochs))
-        models[v.name] = model
-    batches = validation_batches(data, data.tokenizer, spec.model.max_seq_len)
-    unigram = unigram_reference(data, data.tokenizer, batches)
-    metrics = {name: evaluate(m, [{k: t.to(device) for k, t in b.items()} for b in batches], unigram)
-               for name, m in models.items()}
-    for m in models.values():
-        m.to("cpu")
-    metrics["ancestor"]["oom_events"] = float(len(oom_events))
-    return models, metrics
+    def warmup(self) -> TRMTitansMAG:
+        spec = self.spec
+        torch.manual_seed(spec.init_seed)
+        cfg = TRMTitansMAGConfig.from_profile(spec.model, active_ltm_slots=spec.model.ltm_slots)
+        ancestor = TRMTitansMAG(cfg).to(self.device)
+        longest = max(v.epochs for v in spec.variants)
+        self._train_segment(ancestor, Segment("warmup", spec.init_seed, dict(DEFAULT_WEIGHTS), 0, self.warmup_steps,
+                                              spec.max_steps_per_epoch, longest), "warmup")
+        return ancestor
+
+    def variants(self, ancestor: TRMTitansMAG, variants, *, attempt: int = 0
+                 ) -> tuple[dict[str, TRMTitansMAG], dict]:
+        """Each variant from a copy of the ancestor; `attempt` > 0 is a retraining (its segments are stored
+        apart from the first attempt's). Returns the models (ancestor included) and their metrics."""
+        spec = self.spec
+        models = {"ancestor": ancestor}
+        for v in variants:
+            model = copy.deepcopy(ancestor).to(self.device)
+            set_capacity(model, v.ltm_slots, v.act_threshold)
+            torch.manual_seed(v.seed)
+            key = v.name if attempt == 0 else f"{v.name}-retry{attempt}"
+            self._train_segment(model, Segment(key, v.seed, v.mix.model_dump(), self.warmup_steps,
+                                               self.totals[v.name], spec.max_steps_per_epoch, v.epochs), key)
+            models[v.name] = model
+        batches = validation_batches(self.data, self.data.tokenizer, spec.model.max_seq_len)
+        unigram = unigram_reference(self.data, self.data.tokenizer, batches)
+        metrics = {name: evaluate(m, [{k: t.to(self.device) for k, t in b.items()} for b in batches], unigram)
+                   for name, m in models.items()}
+        for m in models.values():
+            m.to("cpu")
+        metrics["ancestor"]["oom_events"] = float(len(self.oom_events))
+        metrics["ancestor"]["lr_halvings"] = float(len(self.lr_halvings))   # roll-backs on a diverging loss
+        return models, metrics
+
+
+def more_different(variants, ltm_slots: int) -> list:
+    """The checklist's mitigation for too-similar models ("retrain with more aggressive config
+    differences"): reasoning thinks longer (threshold halfway to 1), speed halts earlier (threshold halved)
+    with half the memory, memory gets the full capacity. Seeds, epochs and mixes are kept."""
+    out = []
+    for v in variants:
+        if v.name == "reasoning":
+            v = v.model_copy(update={"act_threshold": (1 + v.act_threshold) / 2})
+        elif v.name == "speed":
+            v = v.model_copy(update={"act_threshold": v.act_threshold / 2, "ltm_slots": max(1, v.ltm_slots // 2)})
+        elif v.name == "memory":
+            v = v.model_copy(update={"ltm_slots": ltm_slots})
+        out.append(v)
+    return out

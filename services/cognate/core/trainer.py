@@ -25,8 +25,10 @@ from shared.data.curriculum import IGNORE_INDEX, Phase1Dataset, stage_for_epoch
 from shared.errors import FailedPreconditionError, ResourceExhaustedError
 from shared.storage.formats import optimizer_state_from_tensors, optimizer_state_to_tensors
 from shared.utils import detect_training_issues
+from shared.utils.training_health import DivergenceError, NonFiniteLossError, TrainingIssue
 
 log = logging.getLogger(__name__)
+MAX_LR_HALVINGS = 3
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ class Trainer:
         self.model, self.opt, self.records, self.tok = model, optimizer, train_records, tokenizer
         self.accumulation, self.device = accumulation, device
         self.oom_events: list[dict] = []     # every out-of-memory recovery: step, new micro-batch, accumulation
+        self.mitigations: list[dict] = []    # every roll-back with a halved learning rate (see _mitigate)
+        self.lr_scale = 1.0                  # learning rates relative to the profile's
         # Segments of one job overlap in schedule steps (each variant continues from the warm-up's end), so
         # their checkpoints are numbered from a per-segment offset to stay distinct and ordered.
         self.checkpoint_offset = checkpoint_offset
@@ -121,7 +125,7 @@ class Trainer:
             "optimizer": opt_tensors,
             "rng": {"torch": torch.get_rng_state()},
         }, state={"segment": seg.name, "schedule_step": step, "data": data_state, "optimizer_meta": opt_meta,
-                  "losses": losses[-500:]})
+                  "losses": losses[-500:], "lr_scale": self.lr_scale})
 
     def restore(self, seg: Segment) -> tuple[int, dict | None, list[float]]:
         """(next step, data state, loss history) from the job's latest checkpoint of this segment."""
@@ -139,6 +143,7 @@ class Trainer:
                                                               ckpt.state["optimizer_meta"]))
         torch.set_rng_state(self.ctx.load_checkpoint_tensors(ckpt, "rng")["torch"])
         step = int(ckpt.state["schedule_step"])
+        self.lr_scale = float(ckpt.state.get("lr_scale", 1.0))
         self.ctx.resumed_from_step = step
         return step + 1, ckpt.state["data"], list(ckpt.state["losses"])
 
@@ -184,11 +189,46 @@ class Trainer:
                 log.warning("out of memory at step %d: micro-batch %d, accumulation %d", step, self.batch_size,
                             self.accumulation)
 
+    def _mitigate(self, seg: Segment, issue: TrainingIssue) -> tuple[int, dict | None, list[float]]:
+        """The profile's mitigation for a diverging or non-finite loss: roll back to the last checkpoint of
+        this segment (saved before the issue, so healthy by the same check) and halve every learning rate.
+        Recorded in `mitigations`; after MAX_LR_HALVINGS, or with no checkpoint to roll back to, the issue
+        is raised."""
+        ckpt = self.ctx.latest_checkpoint() if self.ctx is not None else None
+        if ckpt is None or ckpt.state.get("segment") != seg.name:
+            raise FailedPreconditionError(f"{seg.name}: {issue}; no checkpoint of this segment to roll back "
+                                          f"to (lower the learning rate or checkpoint more often)") from issue
+        if len(self.mitigations) >= MAX_LR_HALVINGS:
+            raise FailedPreconditionError(f"{seg.name}: {issue}; still unhealthy after {MAX_LR_HALVINGS} "
+                                          f"learning-rate halvings") from issue
+        before = self.lr_scale
+        step, data_state, losses = self.restore(seg)          # sets lr_scale to the checkpoint's
+        # Half of the lowest scale used so far, also when the checkpoint predates an earlier halving; the
+        # optimizer state (and lr_scale in the JSON) carry it into later checkpoints and restarts.
+        new = 0.5 * min(before, self.lr_scale)
+        for group in self.opt.param_groups:
+            group["lr"] *= new / self.lr_scale
+        self.lr_scale = new
+        self.mitigations.append({"segment": seg.name, "issue": type(issue).__name__, "at_step": issue.step,
+                                 "rolled_back_to": step, "lr_scale": new})
+        log.warning("%s: %s — rolled back to step %d, learning rates halved", seg.name, issue, step)
+        return step, data_state, losses
+
     def run(self, seg: Segment) -> SegmentResult:
         step, data_state, losses = self.restore(seg)
         result = SegmentResult(losses=losses, resumed_from=step if data_state is not None else 0)
         self.model.train()
         start = time.perf_counter()
+        while True:
+            try:
+                self._run_from(seg, step, data_state, result)
+                break
+            except (NonFiniteLossError, DivergenceError) as issue:
+                step, data_state, result.losses = self._mitigate(seg, issue)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _run_from(self, seg: Segment, step: int, data_state: dict | None, result: SegmentResult) -> None:
         while step < seg.last_step:
             epoch = step // seg.steps_per_epoch
             dataset = self._dataset(seg, epoch)
@@ -217,5 +257,3 @@ class Trainer:
                     self.checkpoint(seg, step, dataset.state_dict(), result.losses)
                 step += 1
             step = max(step, epoch_end)
-        result.seconds = time.perf_counter() - start
-        return result
