@@ -197,11 +197,22 @@ def naive_memory(k: Tensor, v: Tensor, q: Tensor, eta: Tensor, theta: Tensor, al
     return torch.stack(reads, dim=1), MemoryState(d1, d2, s1, s2)
 
 
+CHECKPOINT_MIN_BYTES = 64 * 2**20
+
+
+def scan_saved_bytes(batch: int, length: int, slots: int, dim: int, chunk: int, element_size: int) -> int:
+    """About what autograd keeps from one `memory_scan` call: per chunk five (B, C, S) activations (h, a,
+    u, hq, aq) and the four (B, S, D) state tensors; the (B, C, C) and (B, C, D) terms are small."""
+    chunks = -(-length // chunk)
+    return (5 * batch * length * slots + 4 * batch * slots * dim * chunks) * element_size
+
+
 class NeuralMemory(torch.nn.Module):
     """Projections, data-dependent η/θ/α and the learned initial weights around `memory_scan`."""
 
     def __init__(self, hidden: int, dim: int, slots: int, active_slots: int, chunk: int, theta_max: float,
                  checkpoint: bool = True):
+        """checkpoint: recompute the scan in backward when one call would keep ≥ CHECKPOINT_MIN_BYTES."""
         super().__init__()
         self.checkpoint = checkpoint
         self.dim, self.slots, self.chunk, self.theta_max = dim, slots, chunk, theta_max
@@ -258,9 +269,12 @@ class NeuralMemory(torch.nn.Module):
         else:
             w1, w2, mask = self.w1_init, self.w2_init, self.mask
         args = (k, v, q, eta, theta, alpha, w1, w2, mask, self.chunk, state)
-        if self.checkpoint and torch.is_grad_enabled() and state is None:
+        if self.checkpoint and torch.is_grad_enabled() and state is None and \
+                scan_saved_bytes(k.shape[0], k.shape[1], w1.shape[0], self.dim, self.chunk,
+                                 k.element_size()) >= CHECKPOINT_MIN_BYTES:
             # The scan's intermediates are B·C·S per chunk and layer call; recomputing them in backward keeps
-            # only k, v, q and the rates alive, which is what lets the default model train on 6 GB.
+            # only k, v, q and the rates alive, which is what lets the default model train on 6 GB. Below
+            # CHECKPOINT_MIN_BYTES per call the recomputation costs more time than the memory is worth.
             reads, final = checkpoint(memory_scan, *args, use_reentrant=False)
             return reads, final
         return memory_scan(*args)

@@ -186,3 +186,23 @@ def test_a_mask_that_is_not_a_prefix_takes_the_masked_path_and_edits_are_seen():
     assert mem.active_prefix() == 1
     mem.load_state_dict({**mem.state_dict(), "mask": torch.tensor([1, 1, 1, 1, 0, 0], dtype=F64)})
     assert mem.active_prefix() == 4
+
+
+def test_checkpointing_is_used_above_the_size_threshold_and_changes_nothing(monkeypatch):
+    import shared.model.memory as memory_module
+    from shared.model.memory import NeuralMemory, scan_saved_bytes
+
+    torch.manual_seed(0)
+    mem = NeuralMemory(8, 4, 6, 6, 3, 1.0).double()
+    x = torch.randn(2, 7, 8, dtype=F64, requires_grad=True)
+    calls = []
+    real = memory_module.checkpoint
+    monkeypatch.setattr(memory_module, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    results = []
+    for threshold in (scan_saved_bytes(2, 7, 6, 4, 3, 8) + 1, 0):   # just above this call's size, then 0
+        monkeypatch.setattr(memory_module, "CHECKPOINT_MIN_BYTES", threshold)
+        out, _ = mem(x)
+        results.append((out, torch.autograd.grad(out.square().sum(), [x, mem.w1_init, mem.to_k.weight])))
+    assert len(calls) == 1                                            # only the second call checkpointed
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(results[0][1], results[1][1]))
