@@ -3,10 +3,17 @@
 Every field is checked before anything is built; an error names the field. `ltm_slots` is the neural
 memory's hidden width and fixes tensor shapes; `active_ltm_slots` (<= ltm_slots) is the capacity this model
 uses — the unused units are masked, so models of different capacity share shapes and can be merged.
+
+`layer_plan` is the path one call of the shared net takes through its `num_layers` MAG blocks: a list of
+[slot, scale] steps, each `x = layers[slot](scale · x)`. None (the default) is every block once, in order, at
+scale 1. EvoMerge's DFS merging (data-flow space, Akiba et al. 2024, arXiv 2403.13187) evolves it; the tensor
+shapes never change, so a model with a plan can still be merged weight by weight.
 """
 
 from __future__ import annotations
 
+import math
+from numbers import Real
 from typing import Any
 
 from transformers import PreTrainedConfig
@@ -19,6 +26,28 @@ def _check(cond: bool, field: str, message: str) -> None:
         raise InvalidSpecError(message, field=field)
 
 
+def check_layer_plan(plan: Any, num_layers: int) -> list[list] | None:
+    """The plan in canonical form ([[int, float], ...]) or None; InvalidSpecError naming `layer_plan` when a
+    step is malformed, a slot is outside [0, num_layers), a scale is not finite and > 0, or the length is
+    outside 1..4·num_layers."""
+    if plan is None:
+        return None
+    limit = 4 * num_layers
+    _check(isinstance(plan, (list, tuple)) and 1 <= len(plan) <= limit, "layer_plan",
+           f"must be None or a list of 1..{limit} [slot, scale] steps (4 × num_layers), got {plan!r}")
+    steps = []
+    for i, step in enumerate(plan):
+        _check(isinstance(step, (list, tuple)) and len(step) == 2, "layer_plan",
+               f"step {i} must be a [slot, scale] pair, got {step!r}")
+        slot, scale = step
+        _check(isinstance(slot, int) and not isinstance(slot, bool) and 0 <= slot < num_layers, "layer_plan",
+               f"step {i}: slot must be an integer in [0, num_layers={num_layers}), got {slot!r}")
+        _check(isinstance(scale, Real) and not isinstance(scale, bool) and math.isfinite(scale) and scale > 0,
+               "layer_plan", f"step {i}: scale must be a finite number > 0, got {scale!r}")
+        steps.append([slot, float(scale)])
+    return steps
+
+
 class TRMTitansMAGConfig(PreTrainedConfig):
     model_type = "trm_titans_mag"
 
@@ -27,7 +56,7 @@ class TRMTitansMAGConfig(PreTrainedConfig):
                  active_ltm_slots: int | None = None, memory_dim: int = 64, memory_chunk_size: int = 64,
                  memory_theta_max: float = 1.0, n_latent_steps: int = 3, t_cycles: int = 2, n_sup: int = 4,
                  act_threshold: float = 0.95, dropout: float = 0.0, mlp_ratio: int = 4, rope_base: float = 10000.0,
-                 tie_word_embeddings: bool = True, **kwargs: Any):
+                 tie_word_embeddings: bool = True, layer_plan: list | None = None, **kwargs: Any):
         ints = dict(vocab_size=vocab_size, hidden_dim=hidden_dim, num_layers=num_layers, num_heads=num_heads,
                     max_seq_len=max_seq_len, window=window, ltm_slots=ltm_slots, memory_dim=memory_dim,
                     memory_chunk_size=memory_chunk_size, n_latent_steps=n_latent_steps, t_cycles=t_cycles,
@@ -47,6 +76,7 @@ class TRMTitansMAGConfig(PreTrainedConfig):
         _check(0 < act_threshold <= 1, "act_threshold", f"must be in (0, 1], got {act_threshold!r}")
         _check(0 <= dropout < 1, "dropout", f"must be in [0, 1), got {dropout!r}")
         _check(memory_theta_max >= 0, "memory_theta_max", f"must be >= 0, got {memory_theta_max!r}")
+        plan = check_layer_plan(layer_plan, num_layers)
         self.vocab_size = vocab_size
         self.hidden_dim = hidden_dim
         self.num_layers = num_layers
@@ -66,6 +96,7 @@ class TRMTitansMAGConfig(PreTrainedConfig):
         self.dropout = float(dropout)
         self.mlp_ratio = mlp_ratio
         self.rope_base = float(rope_base)
+        self.layer_plan = plan
         # the names generic Hugging Face utilities look for
         self.hidden_size = hidden_dim
         self.num_hidden_layers = num_layers

@@ -72,15 +72,22 @@ class MAGBlock(nn.Module):
 
 
 class RecursiveNet(nn.Module):
-    """The shared net: one call = every MAG block once (what the recursion counts)."""
+    """The shared net: one call = one pass along the layer plan (what the recursion counts).
+
+    plan None: every MAG block once, in order. A plan [[slot, scale], …] (config.layer_plan, validated there)
+    applies x = layers[slot](scale · x) per step — the data-flow path DFS merging evolves."""
 
     def __init__(self, cfg: TRMTitansMAGConfig):
         super().__init__()
         self.layers = nn.ModuleList(MAGBlock(cfg) for _ in range(cfg.num_layers))
 
-    def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers:
-            x = layer(x)
+    def forward(self, x: Tensor, plan: list | None = None) -> Tensor:
+        if plan is None:
+            for layer in self.layers:
+                x = layer(x)
+            return x
+        for slot, scale in plan:
+            x = self.layers[slot](x if scale == 1.0 else scale * x)
         return x
 
 
@@ -188,9 +195,10 @@ class TRMTitansMAG(PreTrainedModel, GenerationMixin):
 
     # -- the recursion --
     def _cycle(self, x: Tensor, y: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        plan = self.config.layer_plan   # read per call, like act_threshold
         for _ in range(self.config.n_latent_steps):
-            z = self.net(x + y + z)
-        return self.net(y + z), z
+            z = self.net(x + y + z, plan)
+        return self.net(y + z, plan), z
 
     def supervision_step(self, x: Tensor, y: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         """T cycles from (y, z); the first T−1 without gradient. Returns the new (y, z)."""
