@@ -26,7 +26,7 @@ from agentforge.v1 import common_pb2 as agentforge_dot_v1_dot_common__pb2
 from agentforge.v1 import job_pb2 as agentforge_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61gentforge/v1/evomerge.proto\x12\ragentforge.v1\x1a\x1a\x61gentforge/v1/common.proto\x1a\x17\x61gentforge/v1/job.proto\"\x80\x02\n\x0c\x45voMergeSpec\x12\x17\n\x0fpopulation_size\x18\x01 \x01(\x05\x12\x13\n\x0bgenerations\x18\x02 \x01(\x05\x12\x0e\n\x06\x65lites\x18\x03 \x01(\x05\x12\x0c\n\x04seed\x18\x04 \x01(\x05\x12\x16\n\x0e\x64\x61re_drop_prob\x18\x05 \x01(\x01\x12\x14\n\x0cties_density\x18\x06 \x01(\x01\x12\x16\n\x0emutation_scale\x18\x07 \x01(\x01\x12 \n\x18\x64iversity_reinject_below\x18\x08 \x01(\x01\x12\x1e\n\x16\x65\x61rly_stop_improvement\x18\t \x01(\x01\x12\x1c\n\x14\x66itness_eval_batches\x18\n \x01(\x05\"g\n\x0e\x45voMergeSubmit\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.agentforge.v1.JobContext\x12)\n\x04spec\x18\x02 \x01(\x0b\x32\x1b.agentforge.v1.EvoMergeSpec2\xd7\x02\n\x0f\x45voMergeService\x12H\n\x08Validate\x12\x1b.agentforge.v1.EvoMergeSpec\x1a\x1f.agentforge.v1.ValidateResponse\x12\x41\n\x06Submit\x12\x1d.agentforge.v1.EvoMergeSubmit\x1a\x18.agentforge.v1.JobStatus\x12\x44\n\x05Watch\x12\x1b.agentforge.v1.WatchRequest\x1a\x1c.agentforge.v1.ProgressEvent0\x01\x12\x39\n\x06\x43\x61ncel\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatus\x12\x36\n\x03Get\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61gentforge/v1/evomerge.proto\x12\ragentforge.v1\x1a\x1a\x61gentforge/v1/common.proto\x1a\x17\x61gentforge/v1/job.proto\"\xad\x02\n\x0c\x45voMergeSpec\x12\x17\n\x0fpopulation_size\x18\x01 \x01(\x05\x12\x13\n\x0bgenerations\x18\x02 \x01(\x05\x12\x0e\n\x06\x65lites\x18\x03 \x01(\x05\x12\x0c\n\x04seed\x18\x04 \x01(\x05\x12\x16\n\x0e\x64\x61re_drop_prob\x18\x05 \x01(\x01\x12\x14\n\x0cties_density\x18\x06 \x01(\x01\x12\x16\n\x0emutation_scale\x18\x07 \x01(\x01\x12 \n\x18\x64iversity_reinject_below\x18\x08 \x01(\x01\x12\x1e\n\x16\x65\x61rly_stop_improvement\x18\t \x01(\x01\x12\x1c\n\x14\x66itness_eval_batches\x18\n \x01(\x05\x12+\n\x07\x66itness\x18\x0b \x01(\x0b\x32\x1a.agentforge.v1.FitnessSpec\"Y\n\x0b\x46itnessSpec\x12\x0b\n\x03nll\x18\x01 \x01(\x01\x12\x17\n\x0fmultiple_choice\x18\x02 \x01(\x01\x12\x0f\n\x07\x63ompute\x18\x03 \x01(\x01\x12\x13\n\x0bmc_examples\x18\x04 \x01(\x05\"g\n\x0e\x45voMergeSubmit\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.agentforge.v1.JobContext\x12)\n\x04spec\x18\x02 \x01(\x0b\x32\x1b.agentforge.v1.EvoMergeSpec2\xd7\x02\n\x0f\x45voMergeService\x12H\n\x08Validate\x12\x1b.agentforge.v1.EvoMergeSpec\x1a\x1f.agentforge.v1.ValidateResponse\x12\x41\n\x06Submit\x12\x1d.agentforge.v1.EvoMergeSubmit\x1a\x18.agentforge.v1.JobStatus\x12\x44\n\x05Watch\x12\x1b.agentforge.v1.WatchRequest\x1a\x1c.agentforge.v1.ProgressEvent0\x01\x12\x39\n\x06\x43\x61ncel\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatus\x12\x36\n\x03Get\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentforge.v1.evomerge_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVOMERGESPEC']._serialized_start=101
-  _globals['_EVOMERGESPEC']._serialized_end=357
-  _globals['_EVOMERGESUBMIT']._serialized_start=359
-  _globals['_EVOMERGESUBMIT']._serialized_end=462
-  _globals['_EVOMERGESERVICE']._serialized_start=465
-  _globals['_EVOMERGESERVICE']._serialized_end=808
+  _globals['_EVOMERGESPEC']._serialized_end=402
+  _globals['_FITNESSSPEC']._serialized_start=404
+  _globals['_FITNESSSPEC']._serialized_end=493
+  _globals['_EVOMERGESUBMIT']._serialized_start=495
+  _globals['_EVOMERGESUBMIT']._serialized_end=598
+  _globals['_EVOMERGESERVICE']._serialized_start=601
+  _globals['_EVOMERGESERVICE']._serialized_end=944
 # @@protoc_insertion_point(module_scope)

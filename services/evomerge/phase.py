@@ -4,6 +4,14 @@ from agentforge.v1 import evomerge_pb2, evomerge_pb2_grpc
 from shared.config.schema import EvoMergeConfig
 from shared.runtime.phase import PhaseDefinition
 
+
+def _runner():
+    # imported on first use: discovery must stay cheap (it imports every phase.py)
+    from services.evomerge.core.job import EvoMergeRunner
+
+    return EvoMergeRunner()
+
+
 PHASE = PhaseDefinition(
     phase="evomerge",
     service="evomerge",
@@ -13,8 +21,7 @@ PHASE = PhaseDefinition(
     spec_message=evomerge_pb2.EvoMergeSpec,
     submit_message=evomerge_pb2.EvoMergeSubmit,
     add_servicer=evomerge_pb2_grpc.add_EvoMergeServiceServicer_to_server,
-    depends_on=('cognate',),
+    depends_on=('cognate', 'datasets'),   # the three models and their ancestor; held-out text for fitness
     issue=7,
-    # No runner yet: Validate checks the spec, Submit answers UNIMPLEMENTED naming issue #7.
-    runner_factory=None,
+    runner_factory=_runner,
 )

@@ -165,6 +165,22 @@ class CognateConfig(Section):
         return self
 
 
+class FitnessConfig(Section):
+    """EvoMerge's fitness: F = nll·exp(−NLL) + multiple_choice·(MC accuracy above chance, normalised) +
+    compute·min(1, C_ref / C) (services.evomerge.core.evolution.evaluate_fitness)."""
+
+    nll: NonNegFloat = Field(description="weight of exp(-held-out NLL), the geometric-mean token probability")
+    multiple_choice: NonNegFloat = Field(description="weight of the above-chance multiple-choice accuracy")
+    compute: NonNegFloat = Field(description="weight of the compute proxy (cheapest parent's FLOPs/token / C)")
+    mc_examples: PosInt = Field(description="fixed multiple-choice subset size (first N by id)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "FitnessConfig":
+        if self.nll + self.multiple_choice + self.compute <= 0:
+            raise ValueError("at least one fitness weight must be > 0")
+        return self
+
+
 class EvoMergeConfig(Section):
     population_size: Annotated[int, Field(ge=2)]
     generations: Annotated[int, Field(ge=0, le=50)]
@@ -176,6 +192,7 @@ class EvoMergeConfig(Section):
     diversity_reinject_below: Fraction
     early_stop_improvement: PosFloat
     fitness_eval_batches: PosInt
+    fitness: FitnessConfig
 
     @model_validator(mode="after")
     def _check(self) -> "EvoMergeConfig":

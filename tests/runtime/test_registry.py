@@ -117,11 +117,11 @@ def test_a_checkpoint_made_for_another_spec_is_refused(tmp_path):
 
 
 def test_a_phase_without_runner_refuses_submit_and_says_which_issue(tmp_path):
-    reg = JobRegistry(get_phase("evomerge"), LocalStore(tmp_path / "s"))
-    spec = load_profile("ci").phases.evomerge
+    reg = JobRegistry(get_phase("reasoning_data"), LocalStore(tmp_path / "s"))
+    spec = load_profile("ci").phases.reasoning_data
     warnings, spec_hash = reg.validate(spec)
-    assert "issue #7" in warnings[0] and len(spec_hash) == 64
-    with pytest.raises(UnavailablePhaseError, match="issue #7"):
-        reg.submit(JobRequest(request_id="x", phase="evomerge"), spec)
+    assert "issue #8" in warnings[0] and len(spec_hash) == 64
+    with pytest.raises(UnavailablePhaseError, match="issue #8"):
+        reg.submit(JobRequest(request_id="x", phase="reasoning_data"), spec)
     assert reg.jobs() == []
     reg.shutdown()
