@@ -3,8 +3,9 @@ three variants + evaluation), timed against the target of ≤ 6 minutes for the 
 
     .venv/bin/python bench/cognate_bench.py [--profile tiny] [--out FILE] [--verbose]
 
-Reports the wall time of training and of evaluation, and each model's held-out NLL against the unigram
-model of the same data (the models should end well below it). Appends to bench/RESULTS.md.
+Reports the wall time of training and of evaluation, each model's held-out NLL against the unigram model of
+the same data (the models should end well below it), and each model's inference time with the checklist's
+speed_diversity in ms. Appends to bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -19,7 +20,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_section, machine_line  # noqa: E402 - bench/ is not a package
+from common import emit, machine_line, offline_env  # noqa: E402 - bench/ is not a package
+
+
+def inference_times(store, data_refs, model_refs, tmp: Path, seq_len: int) -> list[str]:
+    """The checklist's inference_time and speed_diversity in ms (bench only; gates use the FLOP proxy):
+    model_metrics.measure_inference_time per model on 8 packed validation batches of 4 × seq_len."""
+    from services.cognate.core.data import load_cognate_data_from
+    from services.cognate.core.model_metrics import measure_inference_time
+    from services.cognate.core.runner import validation_batches
+    from shared.model import load_model
+
+    refs = {r.name: r for r in (*data_refs, *model_refs)}
+    data_dir = store.fetch(refs["datasets"], tmp / "bench-datasets") / "data"
+    data = load_cognate_data_from(data_dir, store.fetch(refs["tokenizer"], tmp / "bench-tok") / "tokenizer")
+    batches = validation_batches(data, data.tokenizer, seq_len)
+    tokens = sum(b["input_ids"].numel() for b in batches)
+    ms = {}
+    for name in ("reasoning", "memory", "speed"):
+        model = load_model(store.fetch(refs[f"model_{name}"], tmp / f"bench-{name}"))
+        ms[name] = measure_inference_time(model, batches) * tokens * 1000 / len(batches)
+    cells = ", ".join(f"{n} {v:.1f} ms" for n, v in ms.items())
+    return ["", f"inference time per batch of 4 × {seq_len} (median of 3 passes, ACT halting): {cells}; "
+                f"speed_diversity (max − min) {max(ms.values()) - min(ms.values()):.1f} ms"]
 
 
 def main() -> None:
@@ -31,10 +54,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.verbose:
         logging.getLogger("services.cognate").setLevel(logging.INFO)
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        os.environ.setdefault(var, "1")
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
+    offline_env()
     import torch
 
     from shared.config import load_profile
@@ -72,15 +92,12 @@ def main() -> None:
             fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
             lines.append(f"| {name} | {fmt(g('val_loss'))} | {fmt(g('val_nll_gain_vs_unigram'))} | "
                          f"{fmt(g('halting_steps'))} | {fmt(g('gsm8k_acc'))} | {fmt(g('arc_acc'))} |")
+        lines += inference_times(store, dj.artifacts, job.artifacts, Path(tmp), profile.phases.cognate.model.max_seq_len)
         lines += ["", f"learning-rate halvings (roll-backs): {m.get('cognate/ancestor/lr_halvings', 0):.0f}",
                   "", "diversity: " + ", ".join(f"{k.split('/')[-1]} {m[k]:.3f}" for k in
                                                ("cognate/halting_diversity", "cognate/memory_diversity",
                                                 "cognate/compute_diversity") if k in m), ""]
-        if args.out:
-            Path(args.out).write_text("\n".join(lines))
-            print("\n".join(lines))
-        else:
-            append_section("\n".join(lines))
+        emit("\n".join(lines), args.out)
         data.shutdown()
         cog.shutdown()
 

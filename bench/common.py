@@ -44,3 +44,20 @@ def append_section(section: str) -> None:
     with RESULTS.open("a") as fh:
         fh.write(section)
     sys.stdout.write(section + "\n")
+
+
+def emit(section: str, out: str | None) -> None:
+    """A bench's `--out FILE`: write the section there (and echo it); without it, append to RESULTS.md."""
+    if out:
+        Path(out).write_text(section)
+        sys.stdout.write(section + "\n")
+    else:
+        append_section(section)
+
+
+def offline_env() -> None:
+    """No network for the hub or W&B while a bench runs (the caller's explicit settings win)."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")

@@ -50,7 +50,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, append_section, machine_line  # noqa: E402 - bench/ is not a package
+from common import REPO, emit, machine_line  # noqa: E402 - bench/ is not a package
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
@@ -452,11 +452,7 @@ def main() -> None:
              f"whole bench {total:.0f} s; peak RSS {peak_gib:.2f} GiB",
              load.line(), "", *body]
     section = "\n".join(lines)
-    if args.out:
-        Path(args.out).write_text(section)
-        print(section)
-    else:
-        append_section(section)
+    emit(section, args.out)
 
 
 if __name__ == "__main__":

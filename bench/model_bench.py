@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, append_section, machine_line  # noqa: E402 - bench/ is not a package
+from common import REPO, emit, machine_line  # noqa: E402 - bench/ is not a package
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
@@ -157,11 +157,7 @@ def main() -> None:
     if args.memory_check and args.device == "cuda":
         lines += memory_check(trm_config("default"), 512, dtype)
     section = "\n".join(lines + [""])
-    if args.out:
-        Path(args.out).write_text(section)
-        print(section)
-    else:
-        append_section(section)
+    emit(section, args.out)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from itertools import islice
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_section, machine_line  # noqa: E402 - bench/ is not a package
+from common import emit, machine_line  # noqa: E402 - bench/ is not a package
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -289,11 +289,7 @@ def main() -> None:
         lines.append(f"| plain transformer ({label}) | {n_plain:,} | {steps:,} | {steps * tokens:,} | "
                      f"{steps * f_plain / 1e9:,.0f} | {s:.0f} | {nll:.3f} | {unigram - nll:.3f} |")
     section = "\n".join(lines + [""])
-    if args.out:
-        Path(args.out).write_text(section)
-        print(section)
-    else:
-        append_section(section)
+    emit(section, args.out)
 
 
 if __name__ == "__main__":
