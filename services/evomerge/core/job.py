@@ -17,7 +17,9 @@ Reported (gate metric first):
   evomerge/champion_vs_best_parent, on the unseen split
   evomerge/distance_to_nearest_parent   L2 weight distance from the champion to the closest parent
 W&B: generation, best_fitness, diversity, improvement per generation; the generation-0 per-combo table.
-The population is checkpointed after every generation; a restarted job continues from the last one.
+The population is checkpointed after every generation; a restarted job continues from the last one. On a GPU
+job (device cuda/auto) the parents and the population live on the GPU when manage_population_memory says
+population_size + 4 models fit in its free memory, else on the CPU.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 
 from services.cognate.core.data import load_cognate_data
 from services.evomerge.core.combos import combo_stages, model_state
-from services.evomerge.core.evolution import FitnessWeights, evaluate_fitness
+from services.evomerge.core.evolution import FitnessWeights, evaluate_fitness, manage_population_memory
 from services.evomerge.core.loop import Evolution, LoopConfig
 from services.evomerge.core.merge import is_mask
 from shared.data.curriculum import Phase1Dataset
@@ -93,10 +95,17 @@ class EvoMergeRunner:
             refs = {name: ctx.request.input(name) for name in ("ancestor", *PARENTS)}
             models = {name: load_model(ctx.store.fetch(ref, work / name)).eval() for name, ref in refs.items()}
             data = load_cognate_data(ctx, work / "data")
+            # the population (and the parents it is made from) on the GPU when it fits in its free memory
+            device = "cpu"
+            if ctx.request.device in ("cuda", "auto"):
+                device = manage_population_memory([models["ancestor"]] * (spec.population_size + len(models)))
+            models = {name: m.to(device) for name, m in models.items()}
+            log.info("population on %s", device)
             ancestor, parents = models["ancestor"], [models[n] for n in PARENTS]
             seq_len = ancestor.config.max_seq_len
             train_b, unseen_b, train_mc, unseen_mc = fitness_data(data, seq_len, spec.fitness_eval_batches,
                                                                   spec.fitness.mc_examples)
+            train_b, unseen_b = ([{k: t.to(device) for k, t in b.items()} for b in bs] for bs in (train_b, unseen_b))
             weights = FitnessWeights(spec.fitness.nll, spec.fitness.multiple_choice, spec.fitness.compute)
 
             def fitness_on(batches, mc_records):
@@ -148,7 +157,7 @@ class EvoMergeRunner:
             }
             tel.summary(metrics)
             ctx.progress("publishing", fraction=0.97, metrics=metrics)
-            out = save_model(champion.model, work / "champion")
+            out = save_model(champion.model.to("cpu"), work / "champion")
             tok_dir = work / "tokenizer"
             save_tokenizer(data.tokenizer, tok_dir)
             with ctx.open_artifact("champion", kind="model", tokenizer="tokenizer",
