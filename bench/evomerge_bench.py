@@ -302,7 +302,8 @@ def instrumented():
 
 def generation_cost(profile_name: str, repeats: int, tmp: Path) -> tuple[list[str], list[str], list[str]]:
     from services.cognate.core.model_metrics import profile_model
-    from services.evomerge.core.combos import model_hash, model_state
+    from services.evomerge.core.combos import model_state
+    from services.evomerge.core.validity import model_hash
     from services.evomerge.core.evolution import FitnessWeights, build, evaluate_fitness, generation_zero
     from services.evomerge.core.loop import Evolution, LoopConfig
     from shared.config import load_profile

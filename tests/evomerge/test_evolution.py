@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from services.evomerge.core import compute_diversity, evaluate_fitness, generate_new_models, manage_population_memory
-from services.evomerge.core.combos import MergeHyper, model_hash, model_state
+from services.evomerge.core.combos import MergeHyper, model_state
+from services.evomerge.core.validity import model_hash
 from services.evomerge.core.evolution import FitnessWeights, Genome, mutate_weights, recombine
 from services.evomerge.core.loop import Evolution, LoopConfig
 from services.evomerge.core.merge import is_mask

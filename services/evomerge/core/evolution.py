@@ -31,8 +31,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from services.evomerge.core.combos import MergeHyper, apply_merge_combo, is_valid_model, linear_merge, model_state
+from services.evomerge.core.combos import MergeHyper, apply_merge_combo, linear_merge, model_state
 from services.evomerge.core.merge import is_mask
+from services.evomerge.core.validity import is_valid_model
 from shared.errors import InvalidSpecError
 
 log = logging.getLogger(__name__)

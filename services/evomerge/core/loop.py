@@ -11,9 +11,10 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from services.evomerge.core.combos import MergeHyper, merge, model_hash, model_state
+from services.evomerge.core.combos import MergeHyper, merge, model_state
 from services.evomerge.core.evolution import (Fitness, Genome, build, compute_diversity, generate_new_models,
                                               generation_zero)
+from services.evomerge.core.validity import model_hash
 from shared.errors import InvalidSpecError
 
 log = logging.getLogger(__name__)
