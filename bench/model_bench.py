@@ -25,30 +25,10 @@ from common import REPO, emit, machine_line  # noqa: E402 - bench/ is not a pack
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from plain_gpt import matched  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from shared.model.config import TRMTitansMAGConfig  # noqa: E402
+from shared.model.flops import TotalFlops  # noqa: E402
 from shared.model.modeling import TRMTitansMAG  # noqa: E402
-
-
-class _NoModules:
-    """Stands in for FlopCounterMode's module tracker, whose backward hooks break on tensors created under
-    torch.no_grad inside a forward (the model's refinement steps); totals need no per-module attribution."""
-
-    parents = {"Global"}
-    is_bw = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class TotalFlops(FlopCounterMode):
-    def __init__(self):
-        super().__init__(display=False)
-        self.mod_tracker = _NoModules()
 
 
 def trm_config(shape: str) -> TRMTitansMAGConfig:

@@ -43,7 +43,7 @@ from common import emit, machine_line  # noqa: E402 - bench/ is not a package
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from model_bench import TotalFlops  # noqa: E402
+from shared.model.flops import TotalFlops  # noqa: E402
 from plain_gpt import PlainGPT, matched  # noqa: E402
 
 IGNORE_INDEX = -100

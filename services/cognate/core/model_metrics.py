@@ -39,9 +39,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from shared.errors import FailedPreconditionError, InvalidSpecError
+from shared.model.flops import TotalFlops
 
 IGNORE_INDEX = -100
 USED_FRACTION_OF_PEAK = 0.01   # a unit is "used" when its mean |activation| exceeds 1% of the layer's busiest
@@ -59,27 +59,6 @@ class ModelProfile:
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
-
-
-class _NoModules:
-    """Stands in for FlopCounterMode's module tracker, whose backward hooks break on tensors created under
-    torch.no_grad inside a forward (the first T−1 cycles of a supervision step); totals need no per-module
-    attribution. Same stub as bench/model_bench.py (bench/ is not importable)."""
-
-    parents = {"Global"}
-    is_bw = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _TotalFlops(FlopCounterMode):
-    def __init__(self):
-        super().__init__(display=False)
-        self.mod_tracker = _NoModules()
 
 
 @contextmanager
@@ -110,7 +89,7 @@ def flops_per_step(model, seq_len: int) -> float:
     with _inference(model):
         x = model.embed(ids)
         y, z = model.initial_state(x)
-        with _TotalFlops() as counter:
+        with TotalFlops() as counter:
             model.supervision_step(x, y, z)
     return counter.get_total_flops() / seq_len
 
