@@ -284,3 +284,81 @@ class CompleteUnitResponse(_message.Message):
     NEWLY_COMPLETED_FIELD_NUMBER: _ClassVar[int]
     newly_completed: bool
     def __init__(self, newly_completed: _Optional[bool] = ...) -> None: ...
+
+class ListUnitsRequest(_message.Message):
+    __slots__ = ("run_id", "phase")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    phase: str
+    def __init__(self, run_id: _Optional[str] = ..., phase: _Optional[str] = ...) -> None: ...
+
+class UnitState(_message.Message):
+    __slots__ = ("unit_id", "state", "attempts", "artifact", "payload")
+    UNIT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    unit_id: str
+    state: str
+    attempts: int
+    artifact: _common_pb2.ArtifactRef
+    payload: _struct_pb2.Struct
+    def __init__(self, unit_id: _Optional[str] = ..., state: _Optional[str] = ..., attempts: _Optional[int] = ..., artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class ListUnitsResponse(_message.Message):
+    __slots__ = ("units",)
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    units: _containers.RepeatedCompositeFieldContainer[UnitState]
+    def __init__(self, units: _Optional[_Iterable[_Union[UnitState, _Mapping]]] = ...) -> None: ...
+
+class ReserveBudgetRequest(_message.Message):
+    __slots__ = ("run_id", "phase", "limit_usd", "amount_usd", "reservation_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_USD_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_USD_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    phase: str
+    limit_usd: float
+    amount_usd: float
+    reservation_id: str
+    def __init__(self, run_id: _Optional[str] = ..., phase: _Optional[str] = ..., limit_usd: _Optional[float] = ..., amount_usd: _Optional[float] = ..., reservation_id: _Optional[str] = ...) -> None: ...
+
+class BudgetReservation(_message.Message):
+    __slots__ = ("granted", "reservation_id", "status")
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    granted: bool
+    reservation_id: str
+    status: BudgetStatus
+    def __init__(self, granted: _Optional[bool] = ..., reservation_id: _Optional[str] = ..., status: _Optional[_Union[BudgetStatus, _Mapping]] = ...) -> None: ...
+
+class SettleBudgetRequest(_message.Message):
+    __slots__ = ("run_id", "phase", "reservation_id", "actual_usd", "unbilled")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_USD_FIELD_NUMBER: _ClassVar[int]
+    UNBILLED_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    phase: str
+    reservation_id: str
+    actual_usd: float
+    unbilled: bool
+    def __init__(self, run_id: _Optional[str] = ..., phase: _Optional[str] = ..., reservation_id: _Optional[str] = ..., actual_usd: _Optional[float] = ..., unbilled: _Optional[bool] = ...) -> None: ...
+
+class BudgetStatus(_message.Message):
+    __slots__ = ("limit_usd", "spent_usd", "reserved_usd", "refused")
+    LIMIT_USD_FIELD_NUMBER: _ClassVar[int]
+    SPENT_USD_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_USD_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    limit_usd: float
+    spent_usd: float
+    reserved_usd: float
+    refused: int
+    def __init__(self, limit_usd: _Optional[float] = ..., spent_usd: _Optional[float] = ..., reserved_usd: _Optional[float] = ..., refused: _Optional[int] = ...) -> None: ...

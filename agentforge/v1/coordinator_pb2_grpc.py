@@ -104,6 +104,21 @@ class CoordinatorServiceStub:
                 request_serializer=agentforge_dot_v1_dot_coordinator__pb2.CompleteUnitRequest.SerializeToString,
                 response_deserializer=agentforge_dot_v1_dot_coordinator__pb2.CompleteUnitResponse.FromString,
                 _registered_method=True)
+        self.ListUnits = channel.unary_unary(
+                '/agentforge.v1.CoordinatorService/ListUnits',
+                request_serializer=agentforge_dot_v1_dot_coordinator__pb2.ListUnitsRequest.SerializeToString,
+                response_deserializer=agentforge_dot_v1_dot_coordinator__pb2.ListUnitsResponse.FromString,
+                _registered_method=True)
+        self.ReserveBudget = channel.unary_unary(
+                '/agentforge.v1.CoordinatorService/ReserveBudget',
+                request_serializer=agentforge_dot_v1_dot_coordinator__pb2.ReserveBudgetRequest.SerializeToString,
+                response_deserializer=agentforge_dot_v1_dot_coordinator__pb2.BudgetReservation.FromString,
+                _registered_method=True)
+        self.SettleBudget = channel.unary_unary(
+                '/agentforge.v1.CoordinatorService/SettleBudget',
+                request_serializer=agentforge_dot_v1_dot_coordinator__pb2.SettleBudgetRequest.SerializeToString,
+                response_deserializer=agentforge_dot_v1_dot_coordinator__pb2.BudgetStatus.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -196,6 +211,25 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUnits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReserveBudget(self, request, context):
+        """-- internal: a cost budget shared by a phase's workers (reserve worst case, settle actual) --
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SettleBudget(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -268,6 +302,21 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.CompleteUnit,
                     request_deserializer=agentforge_dot_v1_dot_coordinator__pb2.CompleteUnitRequest.FromString,
                     response_serializer=agentforge_dot_v1_dot_coordinator__pb2.CompleteUnitResponse.SerializeToString,
+            ),
+            'ListUnits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUnits,
+                    request_deserializer=agentforge_dot_v1_dot_coordinator__pb2.ListUnitsRequest.FromString,
+                    response_serializer=agentforge_dot_v1_dot_coordinator__pb2.ListUnitsResponse.SerializeToString,
+            ),
+            'ReserveBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveBudget,
+                    request_deserializer=agentforge_dot_v1_dot_coordinator__pb2.ReserveBudgetRequest.FromString,
+                    response_serializer=agentforge_dot_v1_dot_coordinator__pb2.BudgetReservation.SerializeToString,
+            ),
+            'SettleBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleBudget,
+                    request_deserializer=agentforge_dot_v1_dot_coordinator__pb2.SettleBudgetRequest.FromString,
+                    response_serializer=agentforge_dot_v1_dot_coordinator__pb2.BudgetStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -648,6 +697,87 @@ class CoordinatorService:
             '/agentforge.v1.CoordinatorService/CompleteUnit',
             agentforge_dot_v1_dot_coordinator__pb2.CompleteUnitRequest.SerializeToString,
             agentforge_dot_v1_dot_coordinator__pb2.CompleteUnitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUnits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentforge.v1.CoordinatorService/ListUnits',
+            agentforge_dot_v1_dot_coordinator__pb2.ListUnitsRequest.SerializeToString,
+            agentforge_dot_v1_dot_coordinator__pb2.ListUnitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReserveBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentforge.v1.CoordinatorService/ReserveBudget',
+            agentforge_dot_v1_dot_coordinator__pb2.ReserveBudgetRequest.SerializeToString,
+            agentforge_dot_v1_dot_coordinator__pb2.BudgetReservation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentforge.v1.CoordinatorService/SettleBudget',
+            agentforge_dot_v1_dot_coordinator__pb2.SettleBudgetRequest.SerializeToString,
+            agentforge_dot_v1_dot_coordinator__pb2.BudgetStatus.FromString,
             options,
             channel_credentials,
             insecure,

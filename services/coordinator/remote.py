@@ -15,16 +15,11 @@ from agentforge.v1 import job_pb2
 from services.coordinator.core.executors import JobView, Progress, WorkerUnavailableError
 from shared import errors
 from shared.rpc.convert import STATE_FROM_PROTO, dict_to_message, ref_from_proto, request_to_proto
+from shared.rpc.status import EXCEPTION_FOR_STATUS
 from shared.runtime.context import JobRequest
 
 _ERROR_FOR = {
-    grpc.StatusCode.NOT_FOUND: errors.NotFoundError,
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidSpecError,
-    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExistsError,
-    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPreconditionError,
-    grpc.StatusCode.UNAUTHENTICATED: errors.AuthenticationError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhaustedError,
-    grpc.StatusCode.DATA_LOSS: errors.IntegrityError,
+    **EXCEPTION_FOR_STATUS,
     grpc.StatusCode.UNAVAILABLE: WorkerUnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: WorkerUnavailableError,
 }

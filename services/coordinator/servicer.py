@@ -154,14 +154,17 @@ class CoordinatorServicer:
     def LeaseUnit(self, request, context):
         if not request.worker:
             raise InvalidSpecError("must not be empty", field="worker")
-        got = self.c.units.lease(request.run_id, request.phase, request.worker)
+        if request.run_id:
+            got = self.c.units.lease(request.run_id, request.phase, request.worker)
+        else:
+            got = self.c.lease_any_unit(request.phase, request.worker)
         if got is None:
             return coordinator_pb2.UnitLease(granted=False, ttl_s=self.c.units.ttl_s)
         payload = struct_pb2.Struct()
         payload.update(got.payload)
         return coordinator_pb2.UnitLease(granted=True, unit=coordinator_pb2.WorkUnit(unit_id=got.unit_id, payload=payload),
                                          fencing_token=got.token, ttl_s=self.c.units.ttl_s,
-                                         run_id=request.run_id, phase=request.phase)
+                                         run_id=got.run_id, phase=got.phase)
 
     def HeartbeatUnit(self, request, context):
         self.c.units.heartbeat(request.run_id, request.phase, request.unit_id, request.fencing_token)
@@ -174,3 +177,24 @@ class CoordinatorServicer:
         new = self.c.units.complete(u.run_id, u.phase, u.unit_id, u.fencing_token,
                                     ref_from_proto(request.artifact).to_dict())
         return coordinator_pb2.CompleteUnitResponse(newly_completed=new)
+
+    def ListUnits(self, request, context):
+        out = coordinator_pb2.ListUnitsResponse()
+        for u in self.c.state.list_units(request.run_id, request.phase):
+            item = out.units.add(unit_id=u.unit_id, state=u.state, attempts=u.attempts)
+            item.payload.update(u.payload)
+            if u.artifact:
+                item.artifact.CopyFrom(ref_to_proto(ArtifactRef.from_dict(u.artifact)))
+        return out
+
+    # -- cost budgets --
+    def ReserveBudget(self, request, context):
+        granted, snap = self.c.state.budget_reserve(request.run_id, request.phase, request.limit_usd,
+                                                    request.amount_usd, request.reservation_id)
+        return coordinator_pb2.BudgetReservation(granted=granted, reservation_id=request.reservation_id,
+                                                 status=coordinator_pb2.BudgetStatus(**snap))
+
+    def SettleBudget(self, request, context):
+        snap = self.c.state.budget_settle(request.run_id, request.phase, request.reservation_id,
+                                          None if request.unbilled else request.actual_usd)
+        return coordinator_pb2.BudgetStatus(**snap)

@@ -37,6 +37,18 @@ STATUS_FOR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 )
 
 
+# The client's way back: a status code to the project's exception (callers add their own, e.g. UNAVAILABLE).
+EXCEPTION_FOR_STATUS: dict[grpc.StatusCode, type[errors.AgentForgeError]] = {
+    grpc.StatusCode.NOT_FOUND: errors.NotFoundError,
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidSpecError,
+    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExistsError,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPreconditionError,
+    grpc.StatusCode.UNAUTHENTICATED: errors.AuthenticationError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhaustedError,
+    grpc.StatusCode.DATA_LOSS: errors.IntegrityError,
+}
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """(code, message) for an exception; unexpected ones get INTERNAL and an error id (logged)."""
     for cls, code in STATUS_FOR:

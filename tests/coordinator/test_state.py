@@ -52,7 +52,7 @@ def store(tmp_path):
 def test_new_file_is_wal_at_current_schema(tmp_path):
     path = tmp_path / "sub" / "state.db"  # a missing folder is created
     with StateStore(path) as s:
-        assert s.schema_version == state_mod.SCHEMA_VERSION == 1
+        assert s.schema_version == state_mod.SCHEMA_VERSION == 2
         assert s._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert s._conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         s.next_fencing_token()  # commits with FULL, then must put NORMAL back
@@ -63,7 +63,7 @@ def test_empty_file_gets_the_full_schema(tmp_path):
     path = tmp_path / "state.db"
     path.touch()
     with StateStore(path) as s:
-        assert s.schema_version == 1
+        assert s.schema_version == 2
         assert make_run(s).run_id == "r1"
 
 
@@ -135,31 +135,31 @@ def test_newer_schema_is_refused_and_left_untouched(tmp_path):
     path = tmp_path / "state.db"
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE schema_meta(key TEXT PRIMARY KEY, value TEXT)")
-    conn.execute("INSERT INTO schema_meta VALUES ('schema_version', '2')")
+    conn.execute("INSERT INTO schema_meta VALUES ('schema_version', '3')")
     conn.commit()
     conn.close()
     before = path.read_bytes()
     with pytest.raises(FailedPreconditionError) as err:
         StateStore(path)
     assert path.read_bytes() == before
-    assert f"state file {path} has schema version 2, this coordinator supports up to 1; upgrade" in str(err.value)
+    assert f"state file {path} has schema version 3, this coordinator supports up to 2; upgrade" in str(err.value)
 
 
 def test_older_file_is_migrated_once(tmp_path, monkeypatch):
     path = tmp_path / "state.db"
     with StateStore(path) as s:
         make_run(s)
-    # v2 adds a column and a table; ALTER TABLE fails if run twice, so a clean reopen proves it ran once
+    # v3 adds a column and a table; ALTER TABLE fails if run twice, so a clean reopen proves it ran once
     monkeypatch.setattr(state_mod, "MIGRATIONS", [*state_mod.MIGRATIONS,
-                                                  (2, "ALTER TABLE runs ADD COLUMN note TEXT DEFAULT 'a;b';"
+                                                  (3, "ALTER TABLE runs ADD COLUMN note TEXT DEFAULT 'a;b';"
                                                       "CREATE TABLE extra(x INTEGER)")])
-    monkeypatch.setattr(state_mod, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(state_mod, "SCHEMA_VERSION", 3)
     for _ in range(2):
         with StateStore(path) as s:
-            assert s.schema_version == 2
+            assert s.schema_version == 3
             assert s._conn.execute("SELECT note FROM runs").fetchone()[0] == "a;b"
             assert s.get_run("r1").request_id == "q1"
-    monkeypatch.setattr(state_mod, "SCHEMA_VERSION", 1)
+    monkeypatch.setattr(state_mod, "SCHEMA_VERSION", 2)
     with pytest.raises(FailedPreconditionError):
         StateStore(path)
 
@@ -168,12 +168,12 @@ def test_failed_migration_rolls_back_whole_step(tmp_path, monkeypatch):
     path = tmp_path / "state.db"
     StateStore(path).close()
     monkeypatch.setattr(state_mod, "MIGRATIONS", [*state_mod.MIGRATIONS,
-                                                  (2, "CREATE TABLE extra(x INTEGER); SELECT no_such_function()")])
-    monkeypatch.setattr(state_mod, "SCHEMA_VERSION", 2)
-    with pytest.raises(StorageError, match="schema version 2 failed"):
+                                                  (3, "CREATE TABLE extra(x INTEGER); SELECT no_such_function()")])
+    monkeypatch.setattr(state_mod, "SCHEMA_VERSION", 3)
+    with pytest.raises(StorageError, match="schema version 3 failed"):
         StateStore(path)
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM schema_meta").fetchone()[0] == "1"
+    assert conn.execute("SELECT value FROM schema_meta").fetchone()[0] == "2"
     assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'extra'").fetchone() is None
     conn.close()
 

@@ -105,6 +105,22 @@ class Coordinator:
     def list_runs(self, states=None) -> list[RunRecord]:
         return self.state.list_runs(states)
 
+    def lease_any_unit(self, phase: str, worker: str):
+        """A pending unit of `phase` from any running run whose phase is running (oldest run first), or None.
+        What a replicated worker asks for: it does not know which run needs it."""
+        if not phase:
+            raise InvalidSpecError("must not be empty", field="phase")
+        for run in sorted(self.state.list_runs([RUN_RUNNING]), key=lambda r: r.created_at):
+            try:
+                ph = self.state.get_phase(run.run_id, phase)
+            except NotFoundError:
+                continue
+            if ph.state == RUNNING:
+                got = self.units.lease(run.run_id, phase, worker)
+                if got is not None:
+                    return got
+        return None
+
     def cancel_run(self, run_id: str) -> RunRecord:
         with self._lock:
             run = self.state.get_run(run_id)

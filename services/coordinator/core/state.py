@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -437,6 +438,73 @@ class StateStore:
         with self._tx(write=False) as conn:
             rows = conn.execute("SELECT * FROM leases ORDER BY token").fetchall()
         return [_record(LeaseRecord, r) for r in rows]
+
+    # --- cost budgets (v2) ----------------------------------------------------------------------------------
+
+    def _budget_row(self, conn: sqlite3.Connection, run_id: str, phase: str, limit_usd: float | None) -> sqlite3.Row:
+        row = conn.execute("SELECT * FROM budgets WHERE run_id = ? AND phase = ?", (run_id, phase)).fetchone()
+        if row is None:
+            if limit_usd is None:
+                self._require_phase(conn, run_id, phase)
+                raise NotFoundError(f"run '{run_id}' phase '{phase}' has no budget yet (reserve opens it)")
+            self._require_phase(conn, run_id, phase)
+            conn.execute("INSERT INTO budgets(run_id, phase, limit_usd) VALUES (?, ?, ?)", (run_id, phase, limit_usd))
+            row = conn.execute("SELECT * FROM budgets WHERE run_id = ? AND phase = ?", (run_id, phase)).fetchone()
+        elif limit_usd is not None and abs(row["limit_usd"] - limit_usd) > 1e-12:
+            raise FailedPreconditionError(
+                f"the budget of run '{run_id}' phase '{phase}' was opened with limit {row['limit_usd']} USD, "
+                f"not {limit_usd}; one phase has one limit")
+        return row
+
+    @staticmethod
+    def _budget_dict(row: sqlite3.Row) -> dict[str, float]:
+        return {"limit_usd": row["limit_usd"], "spent_usd": row["spent_usd"], "reserved_usd": row["reserved_usd"],
+                "refused": row["refused"]}
+
+    def budget_reserve(self, run_id: str, phase: str, limit_usd: float, amount_usd: float,
+                       reservation_id: str) -> tuple[bool, dict[str, float]]:
+        """Reserve `amount_usd` if spent + reserved + amount stays within the limit (one transaction, so
+        workers in any number of processes never overshoot together). Returns (granted, snapshot)."""
+        _require_ids(run_id=run_id, phase=phase, reservation_id=reservation_id)
+        for name, value in (("limit_usd", limit_usd), ("amount_usd", amount_usd)):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise InvalidSpecError(f"must be a finite number >= 0, got {value!r}", field=name)
+        with self._tx() as conn:
+            row = self._budget_row(conn, run_id, phase, float(limit_usd))
+            if conn.execute("SELECT 1 FROM budget_reservations WHERE reservation_id = ?",
+                            (reservation_id,)).fetchone() is not None:
+                return True, self._budget_dict(row)  # a retried Reserve: already held
+            if row["spent_usd"] + row["reserved_usd"] + amount_usd > row["limit_usd"]:
+                conn.execute("UPDATE budgets SET refused = refused + 1 WHERE run_id = ? AND phase = ?", (run_id, phase))
+                granted = False
+            else:
+                conn.execute("INSERT INTO budget_reservations(reservation_id, run_id, phase, amount_usd) "
+                             "VALUES (?, ?, ?, ?)", (reservation_id, run_id, phase, amount_usd))
+                conn.execute("UPDATE budgets SET reserved_usd = reserved_usd + ? WHERE run_id = ? AND phase = ?",
+                             (amount_usd, run_id, phase))
+                granted = True
+            row = self._budget_row(conn, run_id, phase, None)
+            return granted, self._budget_dict(row)
+
+    def budget_settle(self, run_id: str, phase: str, reservation_id: str, actual_usd: float | None) -> dict[str, float]:
+        """Replace a reservation by what the call cost (`actual_usd`), or drop it unbilled (None). Settling a
+        reservation twice is a no-op, so a retried Settle never double-counts."""
+        _require_ids(run_id=run_id, phase=phase, reservation_id=reservation_id)
+        if actual_usd is not None and not (math.isfinite(actual_usd) and actual_usd >= 0):
+            raise InvalidSpecError(f"must be a finite number >= 0, got {actual_usd!r}", field="actual_usd")
+        with self._tx() as conn:
+            self._budget_row(conn, run_id, phase, None)
+            held = conn.execute("DELETE FROM budget_reservations WHERE reservation_id = ? AND run_id = ? AND phase = ? "
+                                "RETURNING amount_usd", (reservation_id, run_id, phase)).fetchone()
+            if held is not None:
+                conn.execute("UPDATE budgets SET reserved_usd = max(0, reserved_usd - ?), spent_usd = spent_usd + ? "
+                             "WHERE run_id = ? AND phase = ?", (held[0], actual_usd or 0.0, run_id, phase))
+            return self._budget_dict(self._budget_row(conn, run_id, phase, None))
+
+    def budget_snapshot(self, run_id: str, phase: str) -> dict[str, float]:
+        _require_ids(run_id=run_id, phase=phase)
+        with self._tx(write=False) as conn:
+            return self._budget_dict(self._budget_row(conn, run_id, phase, None))
 
     # --- work units ----------------------------------------------------------------------------------------
 

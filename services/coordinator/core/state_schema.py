@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA_V1 = """
@@ -47,7 +47,21 @@ CREATE INDEX units_by_state ON units(run_id, phase, state);
 
 # (version, sql): each brings a file from version-1 to version, in its own transaction. Version 0 is an
 # empty file. Append new steps; never edit a released one (files in the field have already run it).
-MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1)]
+# v2: cost budgets shared by a phase's scale-out workers (the API backend of reasoning_data). A reservation
+# holds a call's worst-case cost until the worker settles it with the reported usage; one that is never
+# settled (its worker died) stays reserved, so the limit can be undershot, never exceeded.
+_SCHEMA_V2 = """
+CREATE TABLE budgets(
+    run_id TEXT NOT NULL, phase TEXT NOT NULL, limit_usd REAL NOT NULL, spent_usd REAL NOT NULL DEFAULT 0,
+    reserved_usd REAL NOT NULL DEFAULT 0, refused INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY(run_id, phase),
+    FOREIGN KEY(run_id, phase) REFERENCES phases(run_id, phase) ON DELETE CASCADE);
+CREATE TABLE budget_reservations(
+    reservation_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, phase TEXT NOT NULL, amount_usd REAL NOT NULL,
+    FOREIGN KEY(run_id, phase) REFERENCES budgets(run_id, phase) ON DELETE CASCADE);
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1), (2, _SCHEMA_V2)]
 
 
 @dataclass(frozen=True)

@@ -278,12 +278,16 @@ class WorkUnitPool:
             self._adopted.difference_update(keys)
             return sum(self._adopt_locked(r, p) for r, p in keys)
 
-    def progress(self, run_id: str, phase: str) -> dict[str, int]:
-        """Counts by state, after reaping: {pending, leased, done, total}."""
+    def units(self, run_id: str, phase: str) -> list[UnitRecord]:
+        """Every unit of (run, phase) in planning order, after reaping expired leases."""
         with self._lock:
             self._adopt_locked(run_id, phase)
             self._reap_locked()
-            units = self._journal.list_units(run_id, phase)
+            return self._journal.list_units(run_id, phase)
+
+    def progress(self, run_id: str, phase: str) -> dict[str, int]:
+        """Counts by state, after reaping: {pending, leased, done, total}."""
+        units = self.units(run_id, phase)
         counts = {PENDING: 0, LEASED: 0, DONE: 0}
         for unit in units:
             counts[unit.state] = counts.get(unit.state, 0) + 1
