@@ -3,6 +3,8 @@
   agentforge run [--profile tiny | --config FILE]    the whole pipeline, embedded (one process)
   agentforge serve <service> [--host H --port P]      one service over gRPC (what containers run)
   agentforge runs create|watch|status|list|cancel|retry|approve   a coordinator's runs (see cli_runs)
+  agentforge reasoning-data --output FILE [--profile P] [--cost-limit USD] [--target N] [--backend B]
+                                                      Phase 3a alone (datasets first): the checklist's JSON
   agentforge artifacts ls [PREFIX]                    complete artifacts in the store
   agentforge artifacts verify KEY|URI                 re-hash every file of an artifact
   agentforge artifacts gc --run RUN [--dry-run]       delete a run's intermediates, keep its finals
@@ -51,6 +53,51 @@ def cmd_run(args) -> int:
               file=sys.stderr)
         return EXIT_UNAVAILABLE
     return run_embedded(profile, store=_store(args), state_path=args.state)
+
+
+def cmd_reasoning_data(args) -> int:
+    """The datasets phase, then reasoning_data, in this process; the merged artifact copied to --output."""
+    import json
+    from pathlib import Path
+
+    from shared.config import load_profile, profile_from_dict
+    from shared.runtime import JobRegistry, JobRequest, JobState, get_phase
+
+    profile = load_profile(args.config or args.profile)
+    section = profile.phases.reasoning_data.model_dump(mode="json")
+    for key, value in (("backend", args.backend), ("target_examples", args.target),
+                       ("cost_limit_usd", args.cost_limit), ("model", args.model)):
+        if value is not None:
+            section[key] = value
+    data = profile.model_dump(mode="json")
+    data["phases"]["reasoning_data"] = section
+    spec = profile_from_dict(data, source="command line").phases.reasoning_data
+    out = Path(args.output)
+    if out.exists() and out.is_dir():
+        raise InvalidSpecError(f"{out} is a folder; give a file path", field="--output")
+    store = _store(args)
+    jobs = {}
+    for phase, phase_spec, inputs in (("datasets", profile.phases.datasets, ()), ("reasoning_data", spec, None)):
+        reg = JobRegistry(get_phase(phase), store)
+        req = JobRequest(request_id=f"cli-{phase}-{os.getpid()}", phase=phase, seed=profile.seed,
+                         inputs=inputs if inputs is not None else jobs["datasets"].artifacts)
+        job = reg.submit(req, phase_spec)
+        job.done.wait()
+        reg.shutdown()
+        if job.state is not JobState.SUCCEEDED:
+            print(f"error: {phase} failed: {job.error}", file=sys.stderr)
+            return EXIT_FAILED
+        jobs[phase] = job
+    ref = jobs["reasoning_data"].artifacts[0]
+    merged = store.read_file_bytes(ref, "reasoning_data.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    tmp.write_bytes(merged)
+    tmp.replace(out)  # never a half-written file at --output
+    meta = json.loads(merged)["metadata"]
+    print(f"{meta['total_examples']} examples ({meta['splits']}) across {len(meta['strategies'])} strategies "
+          f"written to {out}")
+    return 0
 
 
 def run_embedded(profile, *, store, state_path: str) -> int:
@@ -164,6 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve one phase over gRPC")
     add_serve_arguments(serve)
     serve.set_defaults(func=cmd_serve)
+
+    rd = sub.add_parser("reasoning-data", help="generate Phase 3a reasoning data into one JSON file "
+                        "(the checklist's phase3_data_generator)")
+    rd.add_argument("--output", required=True, help="where to write the merged JSON")
+    rd.add_argument("--profile", default="tiny")
+    rd.add_argument("--config", default=None, help="path to a profile YAML (overrides --profile)")
+    rd.add_argument("--backend", default=None, choices=["offline", "openai", "local"])
+    rd.add_argument("--target", type=int, default=None, help="target examples (profile's by default)")
+    rd.add_argument("--cost-limit", type=float, default=None, help="USD across all workers (backend openai)")
+    rd.add_argument("--model", default=None, help="teacher model id or folder")
+    rd.add_argument("--store", default=None, help="artifact store URI (default $AGENTFORGE_STORE)")
+    rd.set_defaults(func=cmd_reasoning_data)
 
     from shared.cli_runs import add_runs_parser
 

@@ -26,17 +26,19 @@ from agentforge.v1 import common_pb2 as agentforge_dot_v1_dot_common__pb2
 from agentforge.v1 import job_pb2 as agentforge_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"agentforge/v1/reasoning_data.proto\x12\ragentforge.v1\x1a\x1a\x61gentforge/v1/common.proto\x1a\x17\x61gentforge/v1/job.proto\"\xd7\x01\n\x11ReasoningDataSpec\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x17\n\x0ftarget_examples\x18\x02 \x01(\x05\x12\x12\n\nstrategies\x18\x03 \x03(\t\x12\x14\n\x0cval_fraction\x18\x04 \x01(\x01\x12\x12\n\nshard_size\x18\x05 \x01(\x05\x12\x0c\n\x04seed\x18\x06 \x01(\x05\x12\x16\n\x0e\x63ost_limit_usd\x18\x07 \x01(\x01\x12\x13\n\x0b\x63oncurrency\x18\x08 \x01(\x05\x12\x10\n\x08\x61pi_base\x18\t \x01(\t\x12\r\n\x05model\x18\n \x01(\t\"q\n\x13ReasoningDataSubmit\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.agentforge.v1.JobContext\x12.\n\x04spec\x18\x02 \x01(\x0b\x32 .agentforge.v1.ReasoningDataSpec2\xe6\x02\n\x14ReasoningDataService\x12M\n\x08Validate\x12 .agentforge.v1.ReasoningDataSpec\x1a\x1f.agentforge.v1.ValidateResponse\x12\x46\n\x06Submit\x12\".agentforge.v1.ReasoningDataSubmit\x1a\x18.agentforge.v1.JobStatus\x12\x44\n\x05Watch\x12\x1b.agentforge.v1.WatchRequest\x1a\x1c.agentforge.v1.ProgressEvent0\x01\x12\x39\n\x06\x43\x61ncel\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatus\x12\x36\n\x03Get\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"agentforge/v1/reasoning_data.proto\x12\ragentforge.v1\x1a\x1a\x61gentforge/v1/common.proto\x1a\x17\x61gentforge/v1/job.proto\"L\n\nTokenPrice\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0einput_per_mtok\x18\x02 \x01(\x01\x12\x17\n\x0foutput_per_mtok\x18\x03 \x01(\x01\"\xb1\x03\n\x11ReasoningDataSpec\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x17\n\x0ftarget_examples\x18\x02 \x01(\x05\x12\x12\n\nstrategies\x18\x03 \x03(\t\x12\x14\n\x0cval_fraction\x18\x04 \x01(\x01\x12\x12\n\nshard_size\x18\x05 \x01(\x05\x12\x0c\n\x04seed\x18\x06 \x01(\x05\x12\x16\n\x0e\x63ost_limit_usd\x18\x07 \x01(\x01\x12\x13\n\x0b\x63oncurrency\x18\x08 \x01(\x05\x12\x10\n\x08\x61pi_base\x18\t \x01(\t\x12\r\n\x05model\x18\n \x01(\t\x12\x0f\n\x07sources\x18\x0b \x03(\t\x12\x16\n\x0eitems_per_unit\x18\x0c \x01(\x05\x12 \n\x18near_duplicate_threshold\x18\r \x01(\x01\x12\x13\n\x0b\x61pi_key_env\x18\x0e \x01(\t\x12)\n\x06prices\x18\x0f \x03(\x0b\x32\x19.agentforge.v1.TokenPrice\x12\x1d\n\x15max_completion_tokens\x18\x10 \x01(\x05\x12\x19\n\x11request_timeout_s\x18\x11 \x01(\x01\x12\x13\n\x0bmax_retries\x18\x12 \x01(\x05\"q\n\x13ReasoningDataSubmit\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.agentforge.v1.JobContext\x12.\n\x04spec\x18\x02 \x01(\x0b\x32 .agentforge.v1.ReasoningDataSpec2\xe6\x02\n\x14ReasoningDataService\x12M\n\x08Validate\x12 .agentforge.v1.ReasoningDataSpec\x1a\x1f.agentforge.v1.ValidateResponse\x12\x46\n\x06Submit\x12\".agentforge.v1.ReasoningDataSubmit\x1a\x18.agentforge.v1.JobStatus\x12\x44\n\x05Watch\x12\x1b.agentforge.v1.WatchRequest\x1a\x1c.agentforge.v1.ProgressEvent0\x01\x12\x39\n\x06\x43\x61ncel\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatus\x12\x36\n\x03Get\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentforge.v1.reasoning_data_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REASONINGDATASPEC']._serialized_start=107
-  _globals['_REASONINGDATASPEC']._serialized_end=322
-  _globals['_REASONINGDATASUBMIT']._serialized_start=324
-  _globals['_REASONINGDATASUBMIT']._serialized_end=437
-  _globals['_REASONINGDATASERVICE']._serialized_start=440
-  _globals['_REASONINGDATASERVICE']._serialized_end=798
+  _globals['_TOKENPRICE']._serialized_start=106
+  _globals['_TOKENPRICE']._serialized_end=182
+  _globals['_REASONINGDATASPEC']._serialized_start=185
+  _globals['_REASONINGDATASPEC']._serialized_end=618
+  _globals['_REASONINGDATASUBMIT']._serialized_start=620
+  _globals['_REASONINGDATASUBMIT']._serialized_end=733
+  _globals['_REASONINGDATASERVICE']._serialized_start=736
+  _globals['_REASONINGDATASERVICE']._serialized_end=1094
 # @@protoc_insertion_point(module_scope)

@@ -30,6 +30,11 @@ def embedded_coordinator(state_path: str | Path, store: ArtifactStore, *, accele
     executors = {name: InProcessExecutor(r) for name, r in registries.items()}
     coordinator = Coordinator(StateStore(state_path), store, phases, executors, accelerators=accelerators,
                               lease_ttl_s=lease_ttl_s, unit_ttl_s=unit_ttl_s)
+    # Phase runners of this process that scale out (reasoning_data) use this coordinator's pool and budgets.
+    from services.coordinator.core.unit_service import coordinator_unit_service
+    from shared.runtime.units import set_local_unit_service
+
+    set_local_unit_service(coordinator_unit_service(coordinator))
     return coordinator, registries
 
 

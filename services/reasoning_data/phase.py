@@ -15,6 +15,18 @@ PHASE = PhaseDefinition(
     add_servicer=reasoning_data_pb2_grpc.add_ReasoningDataServiceServicer_to_server,
     depends_on=('datasets',),
     issue=8,
-    # No runner yet: Validate checks the spec, Submit answers UNIMPLEMENTED naming issue #8.
-    runner_factory=None,
+    runner_factory=lambda: _runner(),
+    background_factory=lambda store: _background(store),
 )
+
+
+def _runner():
+    from services.reasoning_data.core.job import ReasoningDataRunner
+
+    return ReasoningDataRunner()
+
+
+def _background(store):
+    from services.reasoning_data.core.job import background_worker
+
+    return background_worker(store)

@@ -201,24 +201,56 @@ class EvoMergeConfig(Section):
         return self
 
 
+class TokenPrice(Section):
+    """What a teacher model costs (USD per million tokens), for the API backend's cost limit."""
+
+    model: str = Field(min_length=1)
+    input_per_mtok: NonNegFloat
+    output_per_mtok: NonNegFloat
+
+
+REASONING_SOURCES = ("GSM8K", "SVAMP", "ASDiv", "StrategyQA", "MBPP")
+
+
 class ReasoningDataConfig(Section):
     backend: Literal["offline", "openai", "local"]
     target_examples: PosInt
     strategies: list[Literal[STRATEGIES]] = Field(min_length=1)  # type: ignore[valid-type]
+    sources: list[Literal[REASONING_SOURCES]] = Field(  # type: ignore[valid-type]
+        min_length=1, description="datasets whose train split supplies the problems (never a test split)")
     val_fraction: Annotated[float, Field(gt=0, lt=0.5)]
     shard_size: PosInt
+    items_per_unit: PosInt = Field(description="source problems per work unit (a unit = a slice x a strategy)")
+    near_duplicate_threshold: Fraction = Field(
+        description="two strategies' reasoning for one problem more similar than this (word-trigram Jaccard) "
+                    "is a near-duplicate; the later one is rejected")
     seed: Seed
     cost_limit_usd: NonNegFloat = Field(description="hard cap across all workers (API backend)")
     concurrency: PosInt
     api_base: str = Field(description="OpenAI-compatible base URL (backend=openai)")
+    api_key_env: str = Field(min_length=1, description="environment variable holding the API key")
     model: str = Field(description="teacher model id or local directory")
+    prices: list[TokenPrice] = Field(description="per-model token prices (backend=openai)")
+    max_completion_tokens: PosInt = Field(description="completion budget per call; bounds a call's cost")
+    request_timeout_s: PosFloat
+    max_retries: NonNegInt = Field(description="retries on 429/5xx/timeouts (exponential backoff + jitter)")
 
     @model_validator(mode="after")
     def _check(self) -> "ReasoningDataConfig":
         if len(set(self.strategies)) != len(self.strategies):
             raise ValueError(f"strategies has duplicates: {self.strategies}")
+        if len(set(self.sources)) != len(self.sources):
+            raise ValueError(f"sources has duplicates: {self.sources}")
         if self.backend != "offline" and not self.model:
             raise ValueError(f"backend {self.backend} needs a model")
+        if self.backend == "openai":
+            if not self.api_base:
+                raise ValueError("backend openai needs api_base (an OpenAI-compatible base URL)")
+            if self.cost_limit_usd <= 0:
+                raise ValueError("backend openai needs cost_limit_usd > 0 (0 would refuse every call)")
+            if self.model not in {p.model for p in self.prices}:
+                raise ValueError(f"backend openai needs a price for model {self.model!r} in prices "
+                                 f"(without one the cost limit cannot be enforced)")
         return self
 
 

@@ -78,7 +78,11 @@ def serve(name: str, *, host: str, port: int, store_uri: str | None = None) -> N
             log.warning("%s is not implemented yet (issue #%d): Validate works, Submit is refused",
                         definition.phase, definition.issue)
 
+        background = definition.background_factory(registry.store) if definition.background_factory else None
+
         def shutdown() -> None:
+            if background is not None:
+                background.stop()
             registry.shutdown(cancel_running=True, wait=False)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -41,6 +41,9 @@ class PhaseDefinition:
     depends_on: tuple[str, ...]
     issue: int                        # the issue that implements it
     runner_factory: Callable[[], PhaseRunner] | None = None
+    # Services mode only: something the service runs beside its job server (a scale-out worker), given the
+    # artifact store; returns an object with stop(), or None when there is nothing to run.
+    background_factory: Callable[[Any], Any] | None = None
 
     @property
     def available(self) -> bool:
