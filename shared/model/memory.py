@@ -18,6 +18,12 @@ loop, nothing of size B·C·S·D). Invariants (tests): chunk 1 equals a per-toke
 `naive_memory` with chunk-start gradients; streaming equals one-shot. `mask` fixes the active capacity:
 masked units never change and never contribute, so models of different capacity share shapes.
 
+Read-only queries (Quiet-STaR thought streams, shared/model/thoughts.py): `memory_scan(..., stream_q=…)`
+also reads, for every position t, S extra queries with W_t — the very fast weights base token t read with
+(chunk-start weights plus the chunk's updates from tokens ≤ t, gradients at the chunk start), i.e. the state
+`memory_scan` returns after tokens 0..t. They never write: nothing about the base reads or the state depends
+on them. `NeuralMemory.read(x, state)` is the same read done the direct way, from a state's weights.
+
 Gradients of ℓ (e = M(k) − v, h = W1 k, a = silu(h) ⊙ mask):
     ∇W2 = 2 e aᵀ,   ∇W1 = u kᵀ with u = 2 (W2ᵀ e) ⊙ silu'(h) ⊙ mask.
 """
@@ -96,12 +102,37 @@ def _normalised_step(theta: Tensor, a: Tensor) -> Tensor:
     return theta / (1 + a.pow(2).sum(-1))
 
 
+def _chunk_read(qq: Tensor, wt: Tensor, p_keep: Tensor, r: Tensor, kc: Tensor, u: Tensor, a: Tensor, e: Tensor,
+                w1t: Tensor, w2t: Tensor, mask: Tensor | None, start: MemoryState | None) -> Tensor:
+    """Read queries qq (B, R, D) inside a chunk, each row with the fast weights of its own position: wt
+    (B, R, C) its row of the update coefficients (column i scaled by −θ_i), p_keep and r (B, R) its weights on
+    the chunk-start deviation D_0 and momentum S_0 (`start`; None while they are zero). (B, R, D)."""
+    hq = torch.matmul(qq, w1t).baddbmm_(wt * (qq @ kc.transpose(1, 2)), u)        # (B, R, S)
+    if start is not None:
+        d1, d2, s1, s2 = start
+        hq = (hq.baddbmm_(qq * p_keep.unsqueeze(-1), d1.transpose(1, 2))
+              .baddbmm_(qq * r.unsqueeze(-1), s1.transpose(1, 2)))
+    aq = F.silu(hq) if mask is None else F.silu(hq) * mask
+    out = torch.matmul(aq, w2t).baddbmm_(2 * wt * (aq @ a.transpose(1, 2)), e)   # (B, R, D)
+    if start is not None:
+        out = (out + p_keep.unsqueeze(-1) * (aq @ d2.transpose(1, 2))
+               + r.unsqueeze(-1) * (aq @ s2.transpose(1, 2)))
+    return out
+
+
+def _repeat_rows(m: Tensor, n_rep: int) -> Tensor:
+    """(B, C, …) → (B, C·n_rep, …): each row repeated n_rep times, consecutively."""
+    b, c = m.shape[:2]
+    return m.unsqueeze(2).expand(b, c, n_rep, *m.shape[2:]).reshape(b, c * n_rep, *m.shape[2:])
+
+
 def memory_scan(k: Tensor, v: Tensor, q: Tensor, eta: Tensor, theta: Tensor, alpha: Tensor,
                 w1_init: Tensor, w2_init: Tensor, mask: Tensor | None, chunk: int,
-                state: MemoryState | None = None) -> tuple[Tensor, MemoryState]:
+                state: MemoryState | None = None, *, stream_q: Tensor | None = None):
     """Run the memory over a sequence. k, v, q: (B, L, D); eta, theta, alpha: (B, L) in [0, 1];
     w1_init (S, D), w2_init (D, S), mask (S,) or None (every unit active). Returns reads (B, L, D) and the
-    final state.
+    final state; with stream_q (B, L, R, D) also a third item, its reads (B, L, R, D): query (t, j) read with
+    the weights W_t base token t read with, writing nothing (the module docstring).
 
     Written for throughput: every sum of products over S is one GEMM accumulating into its output in place
     (`baddbmm_`), per-position scale factors are applied to the small (B, C, D) operands rather than to the
@@ -113,7 +144,7 @@ def memory_scan(k: Tensor, v: Tensor, q: Tensor, eta: Tensor, theta: Tensor, alp
     fresh = state is None                                   # d, s are zero until the end of the first chunk
     d1, d2, s1, s2 = state if state is not None else zero_state(b, slots, dim, k)
     w1t, w2t = w1_init.t(), w2_init.t()                     # (D, S), (S, D)
-    reads = []
+    reads, stream_reads = [], []
     for start in range(0, length, chunk):
         sl = slice(start, min(start + chunk, length))
         kc, vc, qc = k[:, sl], v[:, sl], q[:, sl]
@@ -141,16 +172,15 @@ def memory_scan(k: Tensor, v: Tensor, q: Tensor, eta: Tensor, theta: Tensor, alp
         r = (a_keep @ p_eta.unsqueeze(-1)).squeeze(-1)      # D_t's weight on S_0
         wt = w * (-th).unsqueeze(1)                         # (B, C, C): column i scaled by −θ_i
         # read with W1_t, W2_t (row t of the coefficient matrices)
-        hq = torch.matmul(qc, w1t).baddbmm_(wt * (qc @ kc.transpose(1, 2)), u)        # (B, C, S)
-        if not fresh:
-            hq = (hq.baddbmm_(qc * p_keep.unsqueeze(-1), d1.transpose(1, 2))
-                  .baddbmm_(qc * r.unsqueeze(-1), s1.transpose(1, 2)))
-        aq = F.silu(hq) if mask is None else F.silu(hq) * mask
-        out = torch.matmul(aq, w2t).baddbmm_(2 * wt * (aq @ a.transpose(1, 2)), e)   # (B, C, D)
-        if not fresh:
-            out = (out + p_keep.unsqueeze(-1) * (aq @ d2.transpose(1, 2))
-                   + r.unsqueeze(-1) * (aq @ s2.transpose(1, 2)))
-        reads.append(out)
+        start_state = None if fresh else MemoryState(d1, d2, s1, s2)
+        reads.append(_chunk_read(qc, wt, p_keep, r, kc, u, a, e, w1t, w2t, mask, start_state))
+        if stream_q is not None:
+            # R read-only queries per position: position t's row of the coefficients, repeated R times
+            qs = stream_q[:, sl]                                # (B, C, R, D)
+            c_len, n_rep = qs.shape[1], qs.shape[2]
+            sr = _chunk_read(qs.reshape(b, c_len * n_rep, dim), _repeat_rows(wt, n_rep), _repeat_rows(p_keep, n_rep),
+                             _repeat_rows(r, n_rep), kc, u, a, e, w1t, w2t, mask, start_state)
+            stream_reads.append(sr.view(b, c_len, n_rep, dim))
         # state at the end of the chunk (last row of the coefficient matrices); scale the (B, C, D) operands
         last = wt[:, -1].unsqueeze(-1)                      # (B, C, 1)
         last_eta = (a_eta[:, -1] * (-th)).unsqueeze(-1)
@@ -167,6 +197,8 @@ def memory_scan(k: Tensor, v: Tensor, q: Tensor, eta: Tensor, theta: Tensor, alp
                               (pe * s1).baddbmm_(u_t, kc * last_eta),
                               (pe * s2).baddbmm_(a_d * last_eta.transpose(1, 2), a))
         fresh = False
+    if stream_q is not None:
+        return torch.cat(reads, dim=1), MemoryState(d1, d2, s1, s2), torch.cat(stream_reads, dim=1)
     return torch.cat(reads, dim=1), MemoryState(d1, d2, s1, s2)
 
 
@@ -255,26 +287,55 @@ class NeuralMemory(torch.nn.Module):
             self._prefix_key, self._prefix, self._mask_ref = key, (n if prefix else None), m
         return self._prefix
 
-    def forward(self, x: Tensor, state: MemoryState | None = None) -> tuple[Tensor, MemoryState]:
-        k = F.normalize(self.to_k(x), dim=-1)
-        v = self.to_v(x)
-        q = F.normalize(self.to_q(x), dim=-1)
-        eta, theta, alpha = self.rates(x)
+    def _weights(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(w1, w2, mask) the scan runs on: the active prefix of units when the mask is one, else all."""
         n = self.active_prefix()
         if n is not None:
             # Units beyond the active prefix are exactly zero in every read, write and gradient, so the scan
             # runs on the first n units only (same outputs, gradients zero on the rest); the state it returns
             # has n units.
-            w1, w2, mask = self.w1_init[:n], self.w2_init[:, :n], None
-        else:
-            w1, w2, mask = self.w1_init, self.w2_init, self.mask
+            return self.w1_init[:n], self.w2_init[:, :n], None
+        return self.w1_init, self.w2_init, self.mask
+
+    def _scan(self, x: Tensor, state: MemoryState | None, stream_q: Tensor | None = None):
+        k = F.normalize(self.to_k(x), dim=-1)
+        v = self.to_v(x)
+        q = F.normalize(self.to_q(x), dim=-1)
+        eta, theta, alpha = self.rates(x)
+        w1, w2, mask = self._weights()
         args = (k, v, q, eta, theta, alpha, w1, w2, mask, self.chunk, state)
+        kwargs = {} if stream_q is None else {"stream_q": stream_q}
+        rows = k.shape[1] * (1 if stream_q is None else 1 + stream_q.shape[2])   # stream reads keep (B, C·R, S)s too
         if self.checkpoint and torch.is_grad_enabled() and state is None and \
-                scan_saved_bytes(k.shape[0], k.shape[1], w1.shape[0], self.dim, self.chunk,
+                scan_saved_bytes(k.shape[0], rows, w1.shape[0], self.dim, self.chunk,
                                  k.element_size()) >= CHECKPOINT_MIN_BYTES:
             # The scan's intermediates are B·C·S per chunk and layer call; recomputing them in backward keeps
             # only k, v, q and the rates alive, which is what lets the default model train on 6 GB. Below
             # CHECKPOINT_MIN_BYTES per call the recomputation costs more time than the memory is worth.
-            reads, final = checkpoint(memory_scan, *args, use_reentrant=False)
-            return reads, final
-        return memory_scan(*args)
+            return checkpoint(memory_scan, *args, use_reentrant=False, **kwargs)
+        return memory_scan(*args, **kwargs)
+
+    def forward(self, x: Tensor, state: MemoryState | None = None) -> tuple[Tensor, MemoryState]:
+        return self._scan(x, state)
+
+    def forward_streams(self, x: Tensor, n_base: int, stream_len: int) -> Tensor:
+        """Reads (B, L + L·S, D) for L = n_base base tokens followed by L streams of S = stream_len tokens
+        (stream t's at L + t·S + s), from a fresh memory. Base tokens: exactly `forward`'s reads; only they
+        write. Stream token (t, s): its own query read with W_t, the weights base token t read with (module
+        docstring) — it writes nothing and sees no base token after t."""
+        b, total, hidden = x.shape
+        if total != n_base + n_base * stream_len:
+            raise ValueError(f"expected {n_base} + {n_base}·{stream_len} tokens, got {total}")
+        qs = F.normalize(self.to_q(x[:, n_base:]), dim=-1).view(b, n_base, stream_len, self.dim)
+        reads, _, stream_reads = self._scan(x[:, :n_base], None, qs)
+        return torch.cat([reads, stream_reads.reshape(b, n_base * stream_len, self.dim)], dim=1)
+
+    def read(self, x: Tensor, state: MemoryState) -> Tensor:
+        """Read-only: tokens x (B, R, hidden) read with the fixed fast weights W_init + D of `state` (as
+        returned by `forward`), writing nothing. (B, R, D). The direct form of `forward_streams`' stream read."""
+        q = F.normalize(self.to_q(x), dim=-1)
+        w1, w2, mask = self._weights()
+        a = F.silu(q @ (w1 + state.d1).transpose(1, 2))      # (B, R, S)
+        if mask is not None:
+            a = a * mask
+        return a @ (w2 + state.d2).transpose(1, 2)

@@ -47,7 +47,12 @@ class RMSNorm(nn.Module):
 
 
 class MAGBlock(nn.Module):
-    """x + SWA(norm x) ⊙ σ(W_g · Memory(norm x)), then x + MLP(norm x)."""
+    """x + SWA(norm x) ⊙ σ(W_g · Memory(norm x)), then x + MLP(norm x).
+
+    `streams` (the Quiet-STaR hook, shared/model/thoughts.py; None on the normal path): an object whose
+    `memory(memory_module, h) -> reads` and `attention(attn_module, h) -> out` replace the two token-mixing
+    calls; everything else in the block is per token. Thought streams use it to give appended tokens their own
+    attention pattern and a read-only memory."""
 
     def __init__(self, cfg: TRMTitansMAGConfig):
         super().__init__()
@@ -63,10 +68,14 @@ class MAGBlock(nn.Module):
         self.down = nn.Linear(cfg.mlp_ratio * d, d, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, streams=None) -> Tensor:
         h = self.norm1(x)
-        read, _ = self.memory(h)                                   # fresh memory every call
-        mixed = self.attn(h) * torch.sigmoid(self.gate(read))
+        if streams is None:
+            read, _ = self.memory(h)                               # fresh memory every call
+            mixed = self.attn(h) * torch.sigmoid(self.gate(read))
+        else:
+            read = streams.memory(self.memory, h)
+            mixed = streams.attention(self.attn, h) * torch.sigmoid(self.gate(read))
         x = x + F.dropout(mixed, self.dropout, self.training)
         return x + F.dropout(self.down(F.silu(self.up(self.norm2(x)))), self.dropout, self.training)
 
@@ -75,19 +84,21 @@ class RecursiveNet(nn.Module):
     """The shared net: one call = one pass along the layer plan (what the recursion counts).
 
     plan None: every MAG block once, in order. A plan [[slot, scale], …] (config.layer_plan, validated there)
-    applies x = layers[slot](scale · x) per step — the data-flow path DFS merging evolves."""
+    applies x = layers[slot](scale · x) per step — the data-flow path DFS merging evolves. `streams`: passed
+    to every block (MAGBlock)."""
 
     def __init__(self, cfg: TRMTitansMAGConfig):
         super().__init__()
         self.layers = nn.ModuleList(MAGBlock(cfg) for _ in range(cfg.num_layers))
 
-    def forward(self, x: Tensor, plan: list | None = None) -> Tensor:
+    def forward(self, x: Tensor, plan: list | None = None, streams=None) -> Tensor:
+        extra = () if streams is None else (streams,)   # the normal path calls exactly as before
         if plan is None:
             for layer in self.layers:
-                x = layer(x)
+                x = layer(x, *extra)
             return x
         for slot, scale in plan:
-            x = self.layers[slot](x if scale == 1.0 else scale * x)
+            x = self.layers[slot](x if scale == 1.0 else scale * x, *extra)
         return x
 
 
@@ -194,18 +205,20 @@ class TRMTitansMAG(PreTrainedModel, GenerationMixin):
         return [layer.attn for layer in self.net.layers]
 
     # -- the recursion --
-    def _cycle(self, x: Tensor, y: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    def _cycle(self, x: Tensor, y: Tensor, z: Tensor, streams=None) -> tuple[Tensor, Tensor]:
         plan = self.config.layer_plan   # read per call, like act_threshold
+        extra = () if streams is None else (streams,)   # the normal path calls net(h, plan) as before
         for _ in range(self.config.n_latent_steps):
-            z = self.net(x + y + z, plan)
-        return self.net(y + z, plan), z
+            z = self.net(x + y + z, plan, *extra)
+        return self.net(y + z, plan, *extra), z
 
-    def supervision_step(self, x: Tensor, y: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
-        """T cycles from (y, z); the first T−1 without gradient. Returns the new (y, z)."""
+    def supervision_step(self, x: Tensor, y: Tensor, z: Tensor, streams=None) -> tuple[Tensor, Tensor]:
+        """T cycles from (y, z); the first T−1 without gradient. Returns the new (y, z). `streams`: the
+        thought-stream hook every block receives (MAGBlock; shared/model/thoughts.py), None normally."""
         with torch.no_grad():
             for _ in range(self.config.t_cycles - 1):
-                y, z = self._cycle(x, y, z)
-        return self._cycle(x, y, z)
+                y, z = self._cycle(x, y, z, streams)
+        return self._cycle(x, y, z, streams)
 
     def initial_state(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.y_init.expand_as(x), self.z_init.expand_as(x)
