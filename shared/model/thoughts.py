@@ -205,8 +205,8 @@ def thought_streams(input_ids: Tensor, tokens: Tensor, *, start_id: int, end_id:
                     pad_id: int = 0) -> tuple[Tensor, Tensor]:
     """Streams (B·r, L, k + 2 + n_future) = [start, th_0 … th_{k−1}, end, x_{t+1} … x_{t+n_future}] for the
     thoughts `tokens` (B, r, L, k), and a mask (B·r, L, n_future) of the future tokens that exist (t + i < L;
-    the others are pad_id). In a stream forward on them, stream logits at j < k predict th_j, at k + 1 + i − 1
-    = k + i predict x_{t+1+i}."""
+    the others are pad_id). In a stream forward on them, stream logits at j ≤ k − 1 predict th_j (position 0
+    is `start`), at k the end token, and at k + 1 + i (the end token for i = 0) x_{t+1+i}."""
     b, r, n, k = tokens.shape
     ids = expand_for_thoughts(input_ids, r)                                   # (B·r, L)
     th = tokens.reshape(b * r, n, k)
