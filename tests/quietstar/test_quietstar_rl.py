@@ -12,6 +12,7 @@ from services.quietstar.core.rl import (
     restore,
     score_thoughts,
     snapshot,
+    train_thoughts,
 )
 from shared.model.thoughts import sample_thoughts, thought_logprobs
 from tests.model.helpers import tiny_model
@@ -100,3 +101,36 @@ def test_useless_thoughts_fail_the_anti_theater_checks():
     assert m["ablation"] is not None and abs(m["ablation"]) < 1e-6   # removing them changes nothing
     result = anti_theater_check(m["divergence"], m["ablation"], m["correlation"])
     assert not result.passed and any(f.startswith("ablation") for f in result.failures)
+
+
+def _loop(model, head, check, steps=4, check_every=2, on_check=None):
+    ids = batch(b=2, length=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    return train_thoughts(model, head, lambda step: batch(b=2, length=8, seed=step), ids, steps=steps, optimizer=opt,
+                          num_thoughts=2, length=2, n_future=1, tokens=TOK, check_every=check_every,
+                          kl_coefficient=0.1, reward_threshold=0.02, check=check, on_check=on_check)
+
+
+def test_a_failing_check_rolls_back_exactly_doubles_kl_and_raises_the_threshold():
+    model, head = setup()
+    start = snapshot(model, head)
+    result = _loop(model, head, lambda *m: anti_theater_check(0.0, 0.0, 0.0))
+    assert result.rollbacks == 2 and result.last_passing_step == 0
+    assert result.kl_coefficient == 0.1 * 4 and abs(result.reward_threshold - 0.02 * 1.5 ** 2) < 1e-12
+    # ends on the last passing weights: here the baked start, bit for bit
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in start[0].items())
+    assert [c["rolled_back_to"] for c in result.checks] == [0, 0]
+
+
+def test_a_passing_check_becomes_the_rollback_point():
+    model, head = setup()
+    verdicts = iter([anti_theater_check(1.0, 1.0, 1.0), anti_theater_check(None, 1.0, 1.0)])
+    at_pass = {}
+    result = _loop(model, head, lambda *m: next(verdicts),
+                   on_check=lambda step, v, kl, thr: at_pass.setdefault(step, snapshot(model)[0]))
+    assert result.last_passing_step == 2 and result.rollbacks == 1
+    # the weights seen after the failing check at step 4 are the step-2 ones, exactly
+    assert all(torch.equal(at_pass[2][k], at_pass[4][k]) for k in at_pass[2])
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in at_pass[2].items())
+    assert result.checks[1]["failures"] == ["divergence could not be computed"]
+    assert result.kl_coefficient == 0.2 and result.checks[1]["rolled_back_to"] == 2

@@ -320,3 +320,70 @@ def restore(saved: list[dict[str, Tensor]], *modules: nn.Module) -> None:
     """Put back exactly what `snapshot` saved (bit-identical)."""
     for state, m in zip(saved, modules, strict=True):
         m.load_state_dict(state, strict=True)
+
+
+# == the RL loop ===============================================================================================
+
+@dataclass
+class RLResult:
+    steps: int
+    rollbacks: int
+    kl_coefficient: float
+    reward_threshold: float
+    checks: list[dict] = field(default_factory=list)        # one per anti-theater check
+    last_check: AntiTheaterResult | None = None
+    last_passing_step: int = 0                                # 0: no check passed, the model is the baked one
+
+
+def train_thoughts(model, head: MixingHead, batch_at, val_ids: Tensor, *, steps: int, optimizer, num_thoughts: int,
+                   length: int, n_future: int, tokens: ThoughtTokens, reference=None, kl_coefficient: float = 0.1,
+                   reward_threshold: float = 0.01, check_every: int = 50, seed: int = 0, max_grad_norm: float = 1.0,
+                   head_lr: float = 1e-3, on_step=None, on_check=None, check=anti_theater_check) -> RLResult:
+    """Quiet-STaR RL: `steps` steps of quietstar_step on batch_at(step) (B, L), with an anti-theater check on
+    `val_ids` every `check_every` steps and at the end. A passing check becomes the rollback point; a
+    failing one restores it exactly, doubles the KL coefficient and raises the reward threshold ×1.5 (the
+    checklist's mitigation), and is logged through on_check(step, result, kl, threshold). The optimizer's
+    moments are kept across a rollback (only the weights go back). Ends on the last passing weights when the
+    final check fails."""
+    head_opt = torch.optim.AdamW(head.parameters(), lr=head_lr)
+    params = [p for p in [*model.parameters(), *head.parameters()] if p.requires_grad]
+    generator = torch.Generator(device=val_ids.device).manual_seed(seed)
+    result = RLResult(steps=0, rollbacks=0, kl_coefficient=kl_coefficient, reward_threshold=reward_threshold)
+    saved = snapshot(model, head)
+    model.train()
+    head.train()
+    for step in range(1, steps + 1):
+        out = quietstar_step(model, head, batch_at(step), num_thoughts=num_thoughts, length=length,
+                             n_future=n_future, tokens=tokens, reference=reference,
+                             kl_coefficient=result.kl_coefficient, reward_threshold=result.reward_threshold,
+                             generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        head_opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        head_opt.step()
+        result.steps = step
+        if on_step is not None:
+            on_step(step, out.stats())
+        if step % check_every == 0 or step == steps:
+            m = measure_theater(model, head, val_ids, num_thoughts=num_thoughts, length=length, n_future=n_future,
+                                tokens=tokens, generator=torch.Generator(device=val_ids.device).manual_seed(seed + 1))
+            verdict = check(m["divergence"], m["ablation"], m["correlation"])
+            record = {"step": step, **{k: v for k, v in m.items()}, "passed": verdict.passed,
+                      "failures": list(verdict.failures)}
+            if verdict.passed:
+                saved = snapshot(model, head)
+                result.last_passing_step = step
+            else:
+                restore(saved, model, head)
+                result.rollbacks += 1
+                result.kl_coefficient *= 2.0
+                result.reward_threshold *= 1.5
+                record.update(rolled_back_to=result.last_passing_step, kl_coefficient=result.kl_coefficient,
+                              reward_threshold=result.reward_threshold)
+            result.checks.append(record)
+            result.last_check = verdict
+            if on_check is not None:
+                on_check(step, verdict, result.kl_coefficient, result.reward_threshold)
+    return result
