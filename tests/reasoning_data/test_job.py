@@ -131,7 +131,7 @@ def test_two_workers_and_a_killed_third_produce_exactly_the_planned_units(data, 
     store, ref = data
     spec = CI.phases.reasoning_data
     service = pool_service(ttl_s=0.5)
-    items = select_items(job_mod._CACHE.data_dir(store, ref), spec)
+    items = select_items(job_mod._CACHE.records(store, ref).values(), spec)
     units = plan_units(items, spec, datasets_ref=ref, output_prefix="jobs/test/t0/work", slices=range(3))
     assert service.plan("run-x", PHASE, units) == len(units) == 30
 
@@ -198,7 +198,7 @@ def _openai_spec(url: str, **kw) -> ReasoningDataConfig:
 
 def test_the_http_backend_through_the_job_keeps_three_workers_within_the_cost_limit(data, monkeypatch):
     store, ref = data
-    items = select_items(job_mod._CACHE.data_dir(store, ref), _openai_spec("http://x"))
+    items = select_items(job_mod._CACHE.records(store, ref).values(), _openai_spec("http://x"))
     answers = {r.prompt[:60]: r.answer for r in items}
     monkeypatch.setenv("AF_TEST_TEACHER_KEY", "sk-test-secret-key")  # the job and its replicas read it
     with FakeOpenAI(answers=answers, reply_delay_s=0.02) as server:
@@ -242,7 +242,7 @@ def test_bad_input_gets_a_clear_error_naming_the_field(data):
 
 def test_the_job_retries_faults_and_counts_a_reply_without_the_wrapper_as_a_rejection(data):
     store, ref = data
-    items = select_items(job_mod._CACHE.data_dir(store, ref), _openai_spec("http://x"))
+    items = select_items(job_mod._CACHE.records(store, ref).values(), _openai_spec("http://x"))
     answers = {r.prompt[:60]: r.answer for r in items}
     with FakeOpenAI(answers=answers) as server:
         server.script("429", "500", "no_wrapper")

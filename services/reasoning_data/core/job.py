@@ -27,6 +27,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from shared.canonical import dumps_canonical
@@ -57,14 +58,14 @@ MERGED_FILE = "reasoning_data.json"
 
 # == which problems, which units ================================================================================
 
-def select_items(data_dir: Path, spec: ReasoningDataConfig) -> list[Record]:
-    """Every candidate problem: our train split of each source (never a test split), interleaved
-    round-robin across sources, each source in a seeded order. The job takes slices from the front."""
-    from services.reasoning_data.core.offline import source_items
-
+def select_items(records: Iterable[Record], spec: ReasoningDataConfig) -> list[Record]:
+    """Every candidate problem of the spec's sources among `records` (the train records the worker cache
+    read: never a test split), interleaved round-robin across sources, each source in a seeded order. The
+    job takes slices from the front."""
     per_source: dict[str, list[Record]] = {}
-    for r in source_items(data_dir, tuple(spec.sources)):
-        per_source.setdefault(r.dataset, []).append(r)
+    for r in records:
+        if r.dataset in spec.sources:
+            per_source.setdefault(r.dataset, []).append(r)
     for recs in per_source.values():
         recs.sort(key=lambda r: hashlib.sha256(f"order\x00{spec.seed}\x00{r.id}".encode()).digest())
     queues = [per_source[n] for n in spec.sources if per_source.get(n)]
@@ -95,30 +96,25 @@ def plan_units(items: list[Record], spec: ReasoningDataConfig, *, datasets_ref: 
 # == the data a worker needs ===================================================================================
 
 class _DatasetCache:
-    """Each worker process fetches (and verifies) a datasets artifact once."""
+    """Each worker process fetches (and verifies) a datasets artifact once and keeps only its parsed train
+    records of the offline sources; the fetched files are deleted at once."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._dirs: dict[str, tuple[tempfile.TemporaryDirectory, Path, dict[str, Record]]] = {}
+        self._records: dict[str, dict[str, Record]] = {}
 
     def records(self, store: ArtifactStore, ref: ArtifactRef) -> dict[str, Record]:
         """id -> train record of every offline source in the artifact."""
+        from services.reasoning_data.core.offline import SOURCES, source_items
+
         with self._lock:
-            hit = self._dirs.get(ref.sha256)
-            if hit is None:
-                tmp = tempfile.TemporaryDirectory(prefix="agentforge-reasoning-data-")
-                root = store.fetch(ref, tmp.name)
-                data_dir = root / "data" if (root / "data").is_dir() else root
-                verify_prepared(data_dir, required=[])
-                from services.reasoning_data.core.offline import SOURCES, source_items
-
-                by_id = {r.id: r for r in source_items(data_dir, SOURCES)}
-                hit = self._dirs[ref.sha256] = (tmp, data_dir, by_id)
-            return hit[2]
-
-    def data_dir(self, store: ArtifactStore, ref: ArtifactRef) -> Path:
-        self.records(store, ref)
-        return self._dirs[ref.sha256][1]
+            if ref.sha256 not in self._records:
+                with tempfile.TemporaryDirectory(prefix="agentforge-reasoning-data-") as tmp:
+                    root = store.fetch(ref, tmp)
+                    data_dir = root / "data" if (root / "data").is_dir() else root
+                    verify_prepared(data_dir, required=[])
+                    self._records[ref.sha256] = {r.id: r for r in source_items(data_dir, SOURCES)}
+            return self._records[ref.sha256]
 
 
 _CACHE = _DatasetCache()
@@ -413,7 +409,7 @@ class ReasoningDataRunner:
         service = self._service or unit_service_for(req.run_id, self.env)
         datasets_ref = req.input("datasets")
         ctx.progress("selecting problems", fraction=0.01)
-        items = select_items(_CACHE.data_dir(ctx.store, datasets_ref), spec)
+        items = select_items(_CACHE.records(ctx.store, datasets_ref).values(), spec)
         if not items:
             raise FailedPreconditionError(f"the datasets artifact has no train records of {spec.sources}")
         prefix = staging_key(f"reasoning-data-{run_id}", 0, "work")

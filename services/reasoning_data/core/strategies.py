@@ -796,6 +796,18 @@ def _is_num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _refuted_then_confirmed(s: dict, key: str, answer, op: str, right: str, target: float) -> str | None:
+    """A wrong value s[key] that the inverse check of the last step refutes, then the answer it confirms."""
+    c = s[key]
+    if not _is_num(c) or close(c, answer):
+        return f"{key}_is_the_answer"
+    if s[f"{key}_check"] != inverse_expr(c, op, right) or _passes(c, op, right, target):
+        return f"{key}_not_refuted"
+    if s["answer_check"] != inverse_expr(answer, op, right) or not _passes(answer, op, right, target):
+        return "answer_not_confirmed"
+    return None
+
+
 def _check_math(strategy: str, ex: Example, s: dict) -> str | None:
     steps = s["steps"]
     if not isinstance(steps, list) or not steps:
@@ -868,25 +880,12 @@ def _check_math(strategy: str, ex: Example, s: dict) -> str | None:
     if strategy in ("uncertain", "bayesian") and s["equation"] != _unknown(op, right, target):
         return "equation_wrong"
     if strategy == "falsify":
-        c = s["candidate"]
-        if not _is_num(c) or close(c, answer):
-            return "candidate_is_the_answer"
-        if s["candidate_check"] != inverse_expr(c, op, right) or _passes(c, op, right, target):
-            return "candidate_not_refuted"
-        if s["answer_check"] != inverse_expr(answer, op, right) or not _passes(answer, op, right, target):
-            return "answer_not_confirmed"
-        return None
+        return _refuted_then_confirmed(s, "candidate", answer, op, right, target)
     if strategy == "uncertain":
-        before, after, c = s["before"], s["after"], s["alternative"]
+        before, after = s["before"], s["after"]
         if not (_is_num(before) and _is_num(after) and 0 < before < after <= 1):
             return "confidence_not_raised"
-        if not _is_num(c) or close(c, answer):
-            return "alternative_is_the_answer"
-        if s["alternative_check"] != inverse_expr(c, op, right) or _passes(c, op, right, target):
-            return "alternative_not_refuted"
-        if s["answer_check"] != inverse_expr(answer, op, right) or not _passes(answer, op, right, target):
-            return "answer_not_confirmed"
-        return None
+        return _refuted_then_confirmed(s, "alternative", answer, op, right, target)
     if strategy == "bayesian":
         cands, prior, lik, post = s["candidates"], s["prior"], s["likelihood"], s["posterior"]
         if not (len(cands) == len(prior) == len(lik) == len(post) >= 2):
