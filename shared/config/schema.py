@@ -265,6 +265,16 @@ class QuietStarConfig(Section):
     rl_optimizer: OptimizerConfig
     batch_size: PosInt
     seed: Seed
+    baking_objective: Literal["sft", "kl"] = Field(
+        description="sft: next-token loss on the reasoning and answer; kl: Prompt Baking's KL to a frozen "
+                    "few-shot-prompted copy of the pre-baking model")
+    eval_examples: PosInt = Field(description="held-out reasoning items per validation (format adherence, "
+                                              "answer and token accuracy, thinking-token usage)")
+    max_new_tokens: PosInt = Field(description="generation budget in the reasoning format (validation, GSM8K)")
+    rl_seq_len: PosInt = Field(description="tokens per RL span: thoughts are sampled at every position of it")
+    anti_theater_every: PosInt = Field(description="RL steps between anti-theater checks (and checkpoints)")
+    reward_threshold: PosFloat = Field(description="minimum advantage (nats) a thought needs to be reinforced; "
+                                                   "raised x1.5 by each anti-theater rollback")
 
 
 class BitNetConfig(Section):

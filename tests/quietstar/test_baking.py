@@ -184,8 +184,9 @@ def test_per_strategy_metrics_for_every_strategy_in_the_data(baked):
 
 
 def test_adherence_is_measured_by_unconstrained_sampling(baked):
-    """generate gets only the prompt `{prompt}\\n` and a plain config (no processor, forced or banned
-    tokens); greedy outputs equal step-by-step argmax of the model's own logits, so nothing reshaped them."""
+    """Sampling: generate gets only the prompt `{prompt}\\n` and a plain config (no processor, forced or
+    banned tokens). Greedy: every output token is the argmax of the model's own logits on the prompt and
+    the tokens before it — nothing forced, nothing reshaped — for prompts of different lengths batched."""
     model, tok, train, val, result, records = baked
     calls = []
     original = model.generate
@@ -196,39 +197,38 @@ def test_adherence_is_measured_by_unconstrained_sampling(baked):
 
     model.generate = spy
     try:
-        for temperature in (0.0, 1.0):
-            calls.clear()
-            metrics = evaluate_baking(model, tok, val, limit=6, max_new_tokens=24, temperature=temperature)
-            assert calls
-            prompts = {tuple(encode_prompt(tok, ex)) for ex in val}
-            for args, kwargs in calls:
-                assert set(kwargs) == {"generation_config"}, kwargs.keys()
-                (ids,) = args
-                assert all(tuple(row) in prompts for row in ids.tolist())   # exactly `{prompt}\n`, no [thinking]
-                cfg = kwargs["generation_config"]
-                assert cfg.do_sample == (temperature > 0)
-                for attr in ("forced_bos_token_id", "forced_eos_token_id", "bad_words_ids", "force_words_ids",
-                             "suppress_tokens", "begin_suppress_tokens", "sequence_bias", "min_new_tokens",
-                             "no_repeat_ngram_size", "constraints"):
-                    assert not getattr(cfg, attr, None), attr
-                assert getattr(cfg, "min_length", 0) in (None, 0)
-                assert getattr(cfg, "repetition_penalty", 1.0) in (None, 1.0)
-                if temperature > 0:
-                    assert cfg.top_k in (None, 0) and cfg.top_p in (None, 1.0) and cfg.temperature == 1.0
-            assert 0.0 <= metrics[FORMAT_ADHERENCE] <= 1.0
+        metrics = evaluate_baking(model, tok, val, limit=6, max_new_tokens=24, temperature=1.0)
+        assert calls
+        prompts = {tuple(encode_prompt(tok, ex)) for ex in val}
+        for args, kwargs in calls:
+            assert set(kwargs) == {"generation_config"}, kwargs.keys()
+            (ids,) = args
+            assert all(tuple(row) in prompts for row in ids.tolist())   # exactly `{prompt}\n`, no [thinking]
+            cfg = kwargs["generation_config"]
+            assert cfg.do_sample
+            for attr in ("forced_bos_token_id", "forced_eos_token_id", "bad_words_ids", "force_words_ids",
+                         "suppress_tokens", "begin_suppress_tokens", "sequence_bias", "min_new_tokens",
+                         "no_repeat_ngram_size", "constraints"):
+                assert not getattr(cfg, attr, None), attr
+            assert getattr(cfg, "min_length", 0) in (None, 0)
+            assert getattr(cfg, "repetition_penalty", 1.0) in (None, 1.0)
+            assert cfg.top_k in (None, 0) and cfg.top_p in (None, 1.0) and cfg.temperature == 1.0
+        assert 0.0 <= metrics[FORMAT_ADHERENCE] <= 1.0
     finally:
         del model.generate
-    # greedy generate == argmax of the model's own logits at every step
-    ex = val[0]
-    prompt = encode_prompt(tok, ex)
-    out = model.generate(torch.tensor([prompt]), generation_config=baking.baking_eval._generation_config(tok, 12, 0.0))
-    seq = out[0].tolist()
+    # greedy == argmax of the model's own logits at every step, prompts of different lengths in one batch
+    chosen = val[:4]
+    prompts = [encode_prompt(tok, ex) for ex in chosen]
+    assert len({len(p) for p in prompts}) > 1
+    outs = baking.baking_eval.sample_outputs(model, tok, prompts, max_new_tokens=12, temperature=0.0)
     model.eval()
     with torch.no_grad():
-        for t in range(len(prompt), len(seq)):
-            if seq[t - 1] == tok.eos_token_id:
-                break
-            assert int(model(torch.tensor([seq[:t]])).logits[0, -1].argmax()) == seq[t]
+        for prompt, out in zip(prompts, outs):
+            seq = [*prompt, *out]
+            for t in range(len(prompt), len(seq)):
+                assert int(model(torch.tensor([seq[:t]])).logits[0, -1].argmax()) == seq[t]
+            if len(out) < 12:   # stopped early: the next argmax is eos
+                assert int(model(torch.tensor([seq])).logits[0, -1].argmax()) == tok.eos_token_id
 
 
 # --- the KL objective -----------------------------------------------------------------------------------
@@ -301,3 +301,32 @@ def test_mitigation_runs_exactly_when_below_target(monkeypatch, values, mitigate
         assert all(r["lrs"] == [lr * 0.5 for lr in planned_lrs] for r in records[2:])
     else:
         assert result.lrs_before_mitigation is None and all(r["lrs"] == planned_lrs for r in records)
+
+
+# --- checkpoints --------------------------------------------------------------------------------------
+
+def test_baking_resumed_from_an_epoch_checkpoint_ends_exactly_like_an_uninterrupted_run():
+    """Killed after any epoch (incl. inside the mitigation), a job that reloads the weights and the
+    checkpoint ends with the same weights, history and mitigation decision as one that never stopped."""
+    train, val = examples(6, 0, "train"), examples(2, 1, "val")
+    s = spec(lr=3e-3, target=1.0)   # never reached: the mitigation runs (1 + 3 epochs)
+
+    def fresh():
+        return setup(dropout=0.1)
+
+    model, tok = fresh()
+    saved = []
+    whole = bake(model, tok, train, val, s, epochs=1, seed=3, eval_limit=3, max_new_tokens=8,
+                 on_checkpoint=lambda c: saved.append((c, {k: v.clone() for k, v in model.state_dict().items()})))
+    assert whole.mitigated and whole.epochs_run == 4 and len(saved) == 4
+    assert [c.progress["epoch"] for c, _ in saved] == [1, 2, 3, 4]
+    for cut in (0, 2):                                   # after the planned epoch; inside the mitigation
+        ckpt, weights = saved[cut]
+        again, tok2 = fresh()
+        again.load_state_dict(weights)
+        resumed = bake(again, tok2, train, val, s, epochs=1, seed=3, eval_limit=3, max_new_tokens=8, resume=ckpt)
+        assert resumed.epochs_run == 4 and resumed.mitigated
+        assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+        assert resumed.lrs_after_mitigation == whole.lrs_after_mitigation
+        for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+            assert torch.equal(a, b), name

@@ -117,11 +117,11 @@ def test_a_checkpoint_made_for_another_spec_is_refused(tmp_path):
 
 
 def test_a_phase_without_runner_refuses_submit_and_says_which_issue(tmp_path):
-    reg = JobRegistry(get_phase("quietstar"), LocalStore(tmp_path / "s"))
-    spec = load_profile("ci").phases.quietstar
+    reg = JobRegistry(get_phase("bitnet"), LocalStore(tmp_path / "s"))
+    spec = load_profile("ci").phases.bitnet
     warnings, spec_hash = reg.validate(spec)
-    assert "issue #9" in warnings[0] and len(spec_hash) == 64
-    with pytest.raises(UnavailablePhaseError, match="issue #9"):
-        reg.submit(JobRequest(request_id="x", phase="quietstar"), spec)
+    assert "issue #10" in warnings[0] and len(spec_hash) == 64
+    with pytest.raises(UnavailablePhaseError, match="issue #10"):
+        reg.submit(JobRequest(request_id="x", phase="bitnet"), spec)
     assert reg.jobs() == []
     reg.shutdown()

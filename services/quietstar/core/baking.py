@@ -69,7 +69,7 @@ from shared.telemetry.metric_names import BAKING_EPOCH, BAKING_LOSS
 from shared.utils import NonFiniteLossError
 
 __all__ = [
-    "ANSWER_PREFIX", "BakingResult", "BakingTrainer", "Encoded", "KLTeacher", "MITIGATION_EPOCHS", "OBJECTIVES",
+    "ANSWER_PREFIX", "BakingCheckpoint", "BakingResult", "BakingTrainer", "Encoded", "KLTeacher", "MITIGATION_EPOCHS", "OBJECTIVES",
     "bake", "encode_example", "encode_prompt", "filter_by_strategy", "format_text", "kl_batches", "kl_loss",
     "make_optimizer", "mean_kl", "pad_batch", "split_by_field", "train_more_epochs", "train_test_split",
 ]
@@ -388,6 +388,17 @@ def train_more_epochs(trainer: BakingTrainer, epochs: int) -> list[float]:
 
 
 @dataclass
+class BakingCheckpoint:
+    """Where baking stands after an epoch (what a restarted job resumes from): `progress` is JSON (epochs,
+    history, the mitigation's state, the pre-training metrics), the optimizer's state dict and the torch RNG
+    state (dropout) are tensors. The model's weights are the caller's to save beside it."""
+
+    progress: dict[str, Any]
+    optimizer_state: dict[str, Any]
+    rng_state: torch.Tensor
+
+
+@dataclass
 class BakingResult:
     converged: bool                     # final format adherence >= target
     mitigated: bool                     # the halve-LR + 3 epochs mitigation ran
@@ -416,7 +427,9 @@ def bake(model: nn.Module, tokenizer: Any, train_examples: Sequence[Mapping[str,
          objective: str = "sft", evaluator: Callable[..., dict[str, float]] | None = None,
          eval_limit: int | None = 32, max_new_tokens: int = 64, eval_temperature: float = 0.0,
          evaluate_initial: bool = True, kl_shots: int = 2, kl_max_new_tokens: int | None = None,
-         on_step: Callable[[dict[str, float]], None] | None = None) -> BakingResult:
+         on_step: Callable[[dict[str, float]], None] | None = None,
+         on_checkpoint: Callable[[BakingCheckpoint], None] | None = None,
+         resume: BakingCheckpoint | None = None, teacher_model: nn.Module | None = None) -> BakingResult:
     """Bake the reasoning format into `model` (in place; see the module docstring).
 
     spec: the profile's QuietStarConfig (uses baking_optimizer, format_adherence_target, batch_size).
@@ -425,6 +438,12 @@ def bake(model: nn.Module, tokenizer: Any, train_examples: Sequence[Mapping[str,
     evaluator(model, tokenizer, val_examples, *, limit, max_new_tokens, temperature, seed, max_seq_len)
     -> metrics; default `evaluate_baking`. kl_*: the KL objective's few-shot count and sample length
     (default max_new_tokens).
+
+    on_checkpoint(BakingCheckpoint) after every epoch's validation (the caller saves it with the model's
+    weights); resume: such a checkpoint, with the model already holding its weights — baking goes on from
+    the next epoch exactly as an uninterrupted run would (same data order, dropout, mitigation decision).
+    teacher_model: what the KL teacher is copied from (default `model`); on a resumed KL run pass the
+    pre-baking model, since `model` then holds baked weights.
     """
     if epochs < 1:
         raise InvalidSpecError(f"must be >= 1, got {epochs}", field="epochs")
@@ -442,18 +461,46 @@ def bake(model: nn.Module, tokenizer: Any, train_examples: Sequence[Mapping[str,
         return dict(evaluate(model, tokenizer, val_examples, limit=eval_limit, max_new_tokens=max_new_tokens,
                              temperature=eval_temperature, seed=epoch_seed, max_seq_len=max_seq_len))
 
-    initial = validate(seed) if evaluate_initial else None
+    if resume is not None:
+        initial = resume.progress["initial_metrics"]
+    else:
+        initial = validate(seed) if evaluate_initial else None
     teacher = None
     if objective == "kl":
         if kl_shots < 1:
             raise InvalidSpecError(f"must be >= 1, got {kl_shots}", field="kl_shots")
         pool = sorted(train_examples, key=lambda e: str(e["id"]))
         shots = random.Random(seed).sample(pool, min(kl_shots, len(pool)))
-        teacher = KLTeacher(model, tokenizer, shots, max_new_tokens=kl_max_new_tokens or max_new_tokens)
+        teacher = KLTeacher(teacher_model if teacher_model is not None else model, tokenizer, shots,
+                            max_new_tokens=kl_max_new_tokens or max_new_tokens)
     trainer = BakingTrainer(model, tokenizer, train_examples, spec.baking_optimizer, batch_size=spec.batch_size,
                             seed=seed, objective=objective, teacher=teacher, max_seq_len=max_seq_len,
                             on_step=on_step)
     history: list[dict[str, Any]] = []
+    mitigated = False
+    before = after = None
+    if resume is not None:
+        state = resume.progress
+        if state.get("objective", objective) != objective:
+            raise FailedPreconditionError(f"the checkpoint is of a {state['objective']!r} baking run, not "
+                                          f"{objective!r}")
+        trainer.epoch, trainer.step = int(state["epoch"]), int(state["step"])
+        history = [dict(h) for h in state["history"]]
+        mitigated = bool(state["mitigated"])
+        before, after = state.get("lrs_before_mitigation"), state.get("lrs_after_mitigation")
+        trainer.optimizer.load_state_dict(resume.optimizer_state)
+        torch.set_rng_state(resume.rng_state)
+        log.info("baking resumed after epoch %d", trainer.epoch)
+
+    def save() -> None:
+        if on_checkpoint is None:
+            return
+        progress = {"epoch": trainer.epoch, "step": trainer.step, "history": history, "mitigated": mitigated,
+                    "lrs_before_mitigation": before, "lrs_after_mitigation": after, "initial_metrics": initial,
+                    "objective": objective}
+        # copies: the optimizer's state dict holds its live buffers, which the next step changes
+        on_checkpoint(BakingCheckpoint(copy.deepcopy(progress), copy.deepcopy(trainer.optimizer.state_dict()),
+                                       torch.get_rng_state()))
 
     def run_epoch(stage: str) -> dict[str, float]:
         loss = trainer.train_epoch()
@@ -465,21 +512,24 @@ def bake(model: nn.Module, tokenizer: Any, train_examples: Sequence[Mapping[str,
                  metrics.get(FORMAT_ADHERENCE, float("nan")))
         if on_epoch is not None:
             on_epoch(record)
+        save()
         return metrics
 
-    metrics: dict[str, float] = {}
-    for _ in range(epochs):
+    def done(stage: str) -> int:
+        return sum(1 for h in history if h["stage"] == stage)
+
+    metrics: dict[str, float] = dict(history[-1]["metrics"]) if history else {}
+    for _ in range(epochs - done("planned")):
         metrics = run_epoch("planned")
-    mitigated = False
-    before = after = None
-    if metrics[FORMAT_ADHERENCE] < target:
+    if not mitigated and metrics[FORMAT_ADHERENCE] < target:
         print(f"⚠️ Baking failed: {metrics[FORMAT_ADHERENCE]:.2%} < {target:.0%} format adherence; "
               f"halving the learning rate and training {MITIGATION_EPOCHS} more epochs")
         mitigated = True
         before = trainer.lrs
         trainer.scale_lr(MITIGATION_LR_FACTOR)
         after = trainer.lrs
-        for _ in range(MITIGATION_EPOCHS):
+    if mitigated:
+        for _ in range(MITIGATION_EPOCHS - done("mitigation")):
             metrics = run_epoch("mitigation")
     converged = metrics[FORMAT_ADHERENCE] >= target
     return BakingResult(converged=converged, mitigated=mitigated, target=target, final_metrics=metrics,

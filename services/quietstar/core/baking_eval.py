@@ -4,11 +4,12 @@ On held-out examples (the reasoning data's `val` split: its source items never a
 example is one (source item, strategy) pair):
 
 - **format_adherence** — the model is given `{prompt}\\n` (exactly the training prefix, see
-  `services.quietstar.core.baking.encode_prompt`) and *samples on its own* through its own `generate`:
-  no forced prefix (not even `[thinking]`), no logits processor, no bad-words / forced-token / min-length
-  settings — a fresh `GenerationConfig` holding only the length, eos/pad and, for sampling, the temperature
-  (top_k 0, top_p 1, so no truncation either). Greedy decoding when `temperature == 0` (the default: a
-  deterministic number), otherwise plain temperature sampling. An output adheres when (`parse_output`):
+  `services.quietstar.core.baking.encode_prompt`) and *writes on its own*: no forced prefix (not even
+  `[thinking]`), no logits processor, no bad-words / forced-token / min-length settings, no truncation.
+  Greedy decoding when `temperature == 0` (the default: a deterministic number) — the argmax of the
+  model's eval-mode logits at every step, batched by right-padding (`greedy_generate_many`) — otherwise
+  plain temperature sampling through the model's own `generate` with a fresh `GenerationConfig` holding
+  only the length, eos/pad and the temperature (top_k 0, top_p 1). An output adheres when (`parse_output`):
   after leading whitespace it starts with `[thinking]`; `[thinking]` and `[/endthinking]` occur exactly
   once each, in that order; between them is at least one of the 10 strategy tokens; and after
   `[/endthinking]` the next non-blank text is `Answer:` followed by a non-empty answer on that line. The
@@ -34,8 +35,9 @@ Metric names (`shared.telemetry.metric_names`): `baking/format_adherence`, `baki
 and `baking/eval_items`.
 
 Cost: `limit` examples at most (chosen round-robin over strategies so every strategy present gets items,
-then by id; deterministic), `max_new_tokens` each; prompts of equal token length are decoded together
-(no padding, so batching cannot change an output: the model ignores attention masks).
+then by id; deterministic), `max_new_tokens` each. Greedy decoding batches all prompts (right-padded, each
+row read at its own last position: the model is causal, so the padding after a row cannot change it);
+sampling batches prompts of equal token length (no padding).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from transformers import GenerationConfig
 from services.reasoning_data.core.format import answers_match
 from shared.data.special_tokens import STRATEGIES, STRATEGY_TOKENS, THINKING_CLOSE, THINKING_OPEN
 from shared.errors import InvalidSpecError
-from shared.evaluation.lm import device_of, evaluating
+from shared.evaluation.lm import device_of, evaluating, greedy_generate_many
 from shared.telemetry.metric_names import BAKING_VAL_ACCURACY, baking_accuracy
 
 __all__ = [
@@ -151,9 +153,11 @@ def _generation_config(tokenizer: Any, max_new_tokens: int, temperature: float) 
 
 def sample_outputs(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                    temperature: float = 0.0, seed: int = 0, batch_size: int = 16) -> list[list[int]]:
-    """Unconstrained continuations of each prompt through `model.generate`: the new token ids up to (not
-    including) the first eos. Prompts of equal length share a batch (no padding); under greedy decoding a
-    repeated prompt is decoded once. The caller's RNG state is left as it was (sampling uses `seed`)."""
+    """Unconstrained continuations of each prompt: the new token ids up to (not including) the first eos.
+    Greedy (temperature 0): argmax decoding of the model's logits (`greedy_generate_many`, prompts of any
+    length batched by right-padding, a repeated prompt decoded once). Sampling: the model's own `generate`,
+    prompts of equal length sharing a batch (no padding). No processor, forced token or truncation either
+    way. The caller's RNG state is left as it was (sampling uses `seed`)."""
     if max_new_tokens < 1:
         raise InvalidSpecError(f"must be >= 1, got {max_new_tokens}", field="max_new_tokens")
     if temperature < 0:
@@ -165,7 +169,18 @@ def sample_outputs(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
     if any(len(k) == 0 for k in keys):
         raise InvalidSpecError("every prompt needs at least one token", field="prompts")
     # Greedy: one decode per distinct prompt. Sampling: one draw per prompt occurrence.
-    jobs = sorted(set(keys)) if temperature == 0 else list(range(len(keys)))
+    if temperature == 0:
+        # Greedy: rows of any length in one batch, right-padded, each read at its own last position (exact
+        # for this causal model: padding after a row cannot change it) — one forward per new token for the
+        # whole batch instead of one per group of equal-length prompts.
+        distinct = sorted(set(keys))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
+        with evaluating(model):
+            outs = greedy_generate_many(model, distinct, max_new_tokens, eos, batch_size=max(batch_size, 1),
+                                        pad_id=pad)
+        found = dict(zip(distinct, outs))
+        return [list(found[k]) for k in keys]
+    jobs = list(range(len(keys)))
     by_length: dict[int, list] = defaultdict(list)
     for job in jobs:
         by_length[len(job if temperature == 0 else keys[job])].append(job)

@@ -23,12 +23,15 @@ that cannot be computed fails.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from shared.telemetry.metric_names import RL_COHERENCE, RL_REWARD
 
 # The issue's thresholds.
 DIVERGENCE_MIN = 0.3
@@ -178,10 +181,16 @@ class StepOutput:
 
     def stats(self) -> dict[str, float]:
         v = self.valid.unsqueeze(1).expand_as(self.rewards)
-        return {"rl/loss": float(self.loss), "rl/nll": float(self.nll), "rl/reinforce": float(self.rl),
+        k = max(1, int(self.tokens.shape[-1]))
+        return {"rl/loss": float(self.loss.detach()), "rl/nll": float(self.nll), "rl/reinforce": float(self.rl),
+                # the checklist's names: rl/reward = mean log p_mix of a true future token after a thought (the
+                # reward before the sibling mean is taken, per token); rl/coherence = score_coherence of the
+                # sampled thoughts (exp of their mean token log-prob)
+                RL_REWARD: -float(self.nll),
+                RL_COHERENCE: float((self.thought_logprob.detach()[v] / k).exp().mean()),
                 "rl/kl": float(self.kl), "rl/reward_abs": float(self.rewards[v].abs().mean()),
                 "rl/mixing_weight": float(self.weight[v].mean()),
-                "rl/thought_logprob": float(self.thought_logprob[v].mean())}
+                "rl/thought_logprob": float(self.thought_logprob.detach()[v].mean())}
 
 
 def generate_thoughts(model, input_ids: Tensor, *, num: int, length: int, tokens: ThoughtTokens,
@@ -277,12 +286,15 @@ def measure_theater(model, head: MixingHead, input_ids: Tensor, *, num_thoughts:
         base_lp = F.log_softmax(out.base_logits[::num_thoughts, :-1].float(), -1)
         base_nll = -base_lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).mean()
         ablation = float(base_nll - mixed_nll) if first.any() else None
+        nlls = {"nll_with_thoughts": float(mixed_nll), "nll_without_thoughts": float(base_nll)} if first.any() \
+            else {"nll_with_thoughts": None, "nll_without_thoughts": None}
         coherence = score_coherence(logp_thought).reshape(b * num_thoughts, n)
         correlation = pearson(coherence[first].tolist(), right[first].float().tolist())
         divergence = _divergence(model, input_ids[:prompts], th.tokens[:prompts, 0], tokens, continuation)
         return {"ablation": ablation, "correlation": correlation, "divergence": divergence,
                 "coherence": float(coherence[first].mean()) if first.any() else None,
-                "mixing_weight": float(weight.reshape(-1)[first.reshape(-1)].mean()) if first.any() else None}
+                "mixing_weight": float(weight.reshape(-1)[first.reshape(-1)].mean()) if first.any() else None,
+                **nlls}
     finally:
         model.train(model_was)
         head.train(head_was)
@@ -334,25 +346,70 @@ class RLResult:
     last_check: AntiTheaterResult | None = None
     last_passing_step: int = 0                                # 0: no check passed, the model is the baked one
 
+    def state(self) -> dict:
+        """JSON form (for checkpoints)."""
+        last = None if self.last_check is None else {
+            "divergence": self.last_check.divergence, "ablation": self.last_check.ablation,
+            "correlation": self.last_check.correlation, "passed": self.last_check.passed,
+            "failures": list(self.last_check.failures)}
+        return {"steps": self.steps, "rollbacks": self.rollbacks, "kl_coefficient": self.kl_coefficient,
+                "reward_threshold": self.reward_threshold, "checks": self.checks, "last_check": last,
+                "last_passing_step": self.last_passing_step}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "RLResult":
+        last = state.get("last_check")
+        check = None if last is None else AntiTheaterResult(last["divergence"], last["ablation"],
+                                                             last["correlation"], last["passed"],
+                                                             list(last["failures"]))
+        return cls(int(state["steps"]), int(state["rollbacks"]), float(state["kl_coefficient"]),
+                   float(state["reward_threshold"]), [dict(c) for c in state["checks"]], check,
+                   int(state["last_passing_step"]))
+
+
+@dataclass
+class RLCheckpoint:
+    """The RL loop's state right after an anti-theater check, when the model's and the head's weights are
+    the rollback point itself (a pass snapshots them, a failure restores them), so the weights — saved by
+    the caller beside this — are all a restart needs besides: the loop's JSON state, both optimizers'
+    state dicts, the thought sampler's generator state and the torch RNG state."""
+
+    result: dict
+    optimizer_state: dict
+    head_optimizer_state: dict
+    generator_state: Tensor
+    rng_state: Tensor
+
 
 def train_thoughts(model, head: MixingHead, batch_at, val_ids: Tensor, *, steps: int, optimizer, num_thoughts: int,
                    length: int, n_future: int, tokens: ThoughtTokens, reference=None, kl_coefficient: float = 0.1,
                    reward_threshold: float = 0.01, check_every: int = 50, seed: int = 0, max_grad_norm: float = 1.0,
-                   head_lr: float = 1e-3, on_step=None, on_check=None, check=anti_theater_check) -> RLResult:
+                   head_lr: float = 1e-3, on_step=None, on_check=None, check=anti_theater_check,
+                   on_checkpoint=None, resume: RLCheckpoint | None = None) -> RLResult:
     """Quiet-STaR RL: `steps` steps of quietstar_step on batch_at(step) (B, L), with an anti-theater check on
     `val_ids` every `check_every` steps and at the end. A passing check becomes the rollback point; a
     failing one restores it exactly, doubles the KL coefficient and raises the reward threshold ×1.5 (the
     checklist's mitigation), and is logged through on_check(step, result, kl, threshold). The optimizer's
     moments are kept across a rollback (only the weights go back). Ends on the last passing weights when the
-    final check fails."""
+    final check fails.
+
+    on_checkpoint(RLCheckpoint) after every check; resume: such a checkpoint, with the model and head
+    already holding the weights saved beside it — the loop goes on from the next step exactly as it would
+    have without the interruption."""
     head_opt = torch.optim.AdamW(head.parameters(), lr=head_lr)
     params = [p for p in [*model.parameters(), *head.parameters()] if p.requires_grad]
     generator = torch.Generator(device=val_ids.device).manual_seed(seed)
     result = RLResult(steps=0, rollbacks=0, kl_coefficient=kl_coefficient, reward_threshold=reward_threshold)
+    if resume is not None:
+        result = RLResult.from_state(resume.result)
+        optimizer.load_state_dict(resume.optimizer_state)
+        head_opt.load_state_dict(resume.head_optimizer_state)
+        generator.set_state(resume.generator_state)
+        torch.set_rng_state(resume.rng_state)
     saved = snapshot(model, head)
     model.train()
     head.train()
-    for step in range(1, steps + 1):
+    for step in range(result.steps + 1, steps + 1):
         out = quietstar_step(model, head, batch_at(step), num_thoughts=num_thoughts, length=length,
                              n_future=n_future, tokens=tokens, reference=reference,
                              kl_coefficient=result.kl_coefficient, reward_threshold=result.reward_threshold,
@@ -386,4 +443,9 @@ def train_thoughts(model, head: MixingHead, batch_at, val_ids: Tensor, *, steps:
             result.last_check = verdict
             if on_check is not None:
                 on_check(step, verdict, result.kl_coefficient, result.reward_threshold)
+            if on_checkpoint is not None:
+                # copies: optimizers' state dicts hold their live buffers, which the next step changes
+                on_checkpoint(RLCheckpoint(copy.deepcopy(result.state()), copy.deepcopy(optimizer.state_dict()),
+                                           copy.deepcopy(head_opt.state_dict()), generator.get_state(),
+                                           torch.get_rng_state()))
     return result
