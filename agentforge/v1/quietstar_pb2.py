@@ -26,7 +26,7 @@ from agentforge.v1 import common_pb2 as agentforge_dot_v1_dot_common__pb2
 from agentforge.v1 import job_pb2 as agentforge_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61gentforge/v1/quietstar.proto\x12\ragentforge.v1\x1a\x1a\x61gentforge/v1/common.proto\x1a\x17\x61gentforge/v1/job.proto\"\xc2\x03\n\rQuietStarSpec\x12\x15\n\rbaking_epochs\x18\x01 \x01(\x05\x12\x36\n\x10\x62\x61king_optimizer\x18\x02 \x01(\x0b\x32\x1c.agentforge.v1.OptimizerSpec\x12\x1f\n\x17\x66ormat_adherence_target\x18\x03 \x01(\x01\x12\x10\n\x08rl_steps\x18\x04 \x01(\x05\x12\x14\n\x0cnum_thoughts\x18\x05 \x01(\x05\x12\x16\n\x0ethought_length\x18\x06 \x01(\x05\x12\x18\n\x10lookahead_tokens\x18\x07 \x01(\x05\x12\x32\n\x0crl_optimizer\x18\x08 \x01(\x0b\x32\x1c.agentforge.v1.OptimizerSpec\x12\x12\n\nbatch_size\x18\t \x01(\x05\x12\x0c\n\x04seed\x18\n \x01(\x05\x12\x18\n\x10\x62\x61king_objective\x18\x0b \x01(\t\x12\x15\n\reval_examples\x18\x0c \x01(\x05\x12\x16\n\x0emax_new_tokens\x18\r \x01(\x05\x12\x12\n\nrl_seq_len\x18\x0e \x01(\x05\x12\x1a\n\x12\x61nti_theater_every\x18\x0f \x01(\x05\x12\x18\n\x10reward_threshold\x18\x10 \x01(\x01\"i\n\x0fQuietStarSubmit\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.agentforge.v1.JobContext\x12*\n\x04spec\x18\x02 \x01(\x0b\x32\x1c.agentforge.v1.QuietStarSpec2\xda\x02\n\x10QuietStarService\x12I\n\x08Validate\x12\x1c.agentforge.v1.QuietStarSpec\x1a\x1f.agentforge.v1.ValidateResponse\x12\x42\n\x06Submit\x12\x1e.agentforge.v1.QuietStarSubmit\x1a\x18.agentforge.v1.JobStatus\x12\x44\n\x05Watch\x12\x1b.agentforge.v1.WatchRequest\x1a\x1c.agentforge.v1.ProgressEvent0\x01\x12\x39\n\x06\x43\x61ncel\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatus\x12\x36\n\x03Get\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61gentforge/v1/quietstar.proto\x12\ragentforge.v1\x1a\x1a\x61gentforge/v1/common.proto\x1a\x17\x61gentforge/v1/job.proto\"\xd9\x03\n\rQuietStarSpec\x12\x15\n\rbaking_epochs\x18\x01 \x01(\x05\x12\x36\n\x10\x62\x61king_optimizer\x18\x02 \x01(\x0b\x32\x1c.agentforge.v1.OptimizerSpec\x12\x1f\n\x17\x66ormat_adherence_target\x18\x03 \x01(\x01\x12\x10\n\x08rl_steps\x18\x04 \x01(\x05\x12\x14\n\x0cnum_thoughts\x18\x05 \x01(\x05\x12\x16\n\x0ethought_length\x18\x06 \x01(\x05\x12\x18\n\x10lookahead_tokens\x18\x07 \x01(\x05\x12\x32\n\x0crl_optimizer\x18\x08 \x01(\x0b\x32\x1c.agentforge.v1.OptimizerSpec\x12\x12\n\nbatch_size\x18\t \x01(\x05\x12\x0c\n\x04seed\x18\n \x01(\x05\x12\x18\n\x10\x62\x61king_objective\x18\x0b \x01(\t\x12\x15\n\reval_examples\x18\x0c \x01(\x05\x12\x16\n\x0emax_new_tokens\x18\r \x01(\x05\x12\x12\n\nrl_seq_len\x18\x0e \x01(\x05\x12\x1a\n\x12\x61nti_theater_every\x18\x0f \x01(\x05\x12\x18\n\x10reward_threshold\x18\x10 \x01(\x01\x12\x15\n\rrl_batch_size\x18\x11 \x01(\x05\"i\n\x0fQuietStarSubmit\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.agentforge.v1.JobContext\x12*\n\x04spec\x18\x02 \x01(\x0b\x32\x1c.agentforge.v1.QuietStarSpec2\xda\x02\n\x10QuietStarService\x12I\n\x08Validate\x12\x1c.agentforge.v1.QuietStarSpec\x1a\x1f.agentforge.v1.ValidateResponse\x12\x42\n\x06Submit\x12\x1e.agentforge.v1.QuietStarSubmit\x1a\x18.agentforge.v1.JobStatus\x12\x44\n\x05Watch\x12\x1b.agentforge.v1.WatchRequest\x1a\x1c.agentforge.v1.ProgressEvent0\x01\x12\x39\n\x06\x43\x61ncel\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatus\x12\x36\n\x03Get\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentforge.v1.quietstar_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_QUIETSTARSPEC']._serialized_start=102
-  _globals['_QUIETSTARSPEC']._serialized_end=552
-  _globals['_QUIETSTARSUBMIT']._serialized_start=554
-  _globals['_QUIETSTARSUBMIT']._serialized_end=659
-  _globals['_QUIETSTARSERVICE']._serialized_start=662
-  _globals['_QUIETSTARSERVICE']._serialized_end=1008
+  _globals['_QUIETSTARSPEC']._serialized_end=575
+  _globals['_QUIETSTARSUBMIT']._serialized_start=577
+  _globals['_QUIETSTARSUBMIT']._serialized_end=682
+  _globals['_QUIETSTARSERVICE']._serialized_start=685
+  _globals['_QUIETSTARSERVICE']._serialized_end=1031
 # @@protoc_insertion_point(module_scope)

@@ -272,6 +272,7 @@ class QuietStarConfig(Section):
                                               "answer and token accuracy, thinking-token usage)")
     max_new_tokens: PosInt = Field(description="generation budget in the reasoning format (validation, GSM8K)")
     rl_seq_len: PosInt = Field(description="tokens per RL span: thoughts are sampled at every position of it")
+    rl_batch_size: PosInt = Field(description="RL spans per step (batch_size is baking's)")
     anti_theater_every: PosInt = Field(description="RL steps between anti-theater checks (and checkpoints)")
     reward_threshold: PosFloat = Field(description="minimum advantage (nats) a thought needs to be reinforced; "
                                                    "raised x1.5 by each anti-theater rollback")

@@ -47,7 +47,7 @@ def test_a_run_walks_the_graph_and_reasoning_data_runs_beside_cognate(cluster):
         for dep in definition.depends_on:
             assert calls[dep]["end"] <= calls[name]["start"], f"{name} started before {dep} finished"
     # lineage: each phase got its dependencies' published outputs
-    assert calls["quietstar"]["inputs"] == ["evomerge_out", "reasoning_data_out"]
+    assert sorted(calls["quietstar"]["inputs"]) == ["datasets_out", "evomerge_out", "reasoning_data_out"]
     assert calls["cognate"]["inputs"] == ["datasets_out"]
     for ph in run.phases:
         (art,) = ph.artifacts
@@ -250,13 +250,13 @@ def test_start_phase_takes_earlier_outputs_as_inputs(cluster):
     first = cluster.create()
     cluster.wait_run(first)
     refs = {p.phase: p.artifacts[0] for p in cluster.run(first).phases}
-    inputs = [refs["evomerge"], refs["reasoning_data"]]
+    inputs = [refs["evomerge"], refs["reasoning_data"], refs["datasets"]]
     second = cluster.create(start_phase="quietstar", inputs=inputs)
     run = cluster.wait_run(second)
     states = {p.phase: p.state for p in run.phases}
     assert states == {"datasets": "skipped", "cognate": "skipped", "evomerge": "skipped",
                       "reasoning_data": "skipped", "quietstar": "succeeded", "bitnet": "succeeded"}
-    assert cluster.behaviour["quietstar"].calls[-1]["inputs"] == ["evomerge_out", "reasoning_data_out"]
+    assert sorted(cluster.behaviour["quietstar"].calls[-1]["inputs"]) == ["datasets_out", "evomerge_out", "reasoning_data_out"]
     assert len(cluster.behaviour["cognate"].calls) == 1
     # an input that does not exist, or whose manifest hash does not match, is refused up front
     missing = common_pb2.ArtifactRef(uri=refs["evomerge"].uri + "-gone", sha256=refs["evomerge"].sha256,

@@ -245,6 +245,7 @@ class QuietStarRunner:
                                                        state["optimizer_meta"])
                     resume = BakingCheckpoint(state["progress"], opt, ctx.load_checkpoint_tensors(ckpt, "rng")["torch"])
                     ctx.resumed_from_step = ckpt.step
+                ctx.progress("baking", fraction=0.04)
                 baked = self.bake(ctx, tel, model, tokenizer, train, val, spec, state, resume, pre_baking)
                 state = {"stage": "baked", "phase2": state["phase2"], "tokens": state["tokens"], "baking": baked}
                 # 4. the baked model alone
@@ -338,9 +339,9 @@ class QuietStarRunner:
     def reinforce(self, ctx, tel, model, head, reference, baked_tensors, tokenizer, tokens, train, val, spec,
                   state, resume, device) -> dict[str, Any]:
         rows = pack_rows(tokenizer, train, spec.rl_seq_len, seed=spec.seed).to(device)
-        val_rows = pack_rows(tokenizer, val, spec.rl_seq_len, seed=None)[:max(THEATER_ROWS, spec.batch_size)]
+        val_rows = pack_rows(tokenizer, val, spec.rl_seq_len, seed=None)[:max(THEATER_ROWS, spec.rl_batch_size)]
         val_rows = val_rows.to(device)
-        n, b = rows.shape[0], spec.batch_size
+        n, b = rows.shape[0], spec.rl_batch_size
 
         def batch_at(step: int) -> torch.Tensor:
             idx = (torch.arange(b) + (step - 1) * b) % n
@@ -373,6 +374,7 @@ class QuietStarRunner:
                        "rl": c.result, "optimizer_meta": opt_meta, "head_optimizer_meta": head_meta})
 
         optimizer = make_rl_optimizer(model, spec.rl_optimizer)
+        ctx.progress("RL", fraction=0.5)
         result = train_thoughts(model, head, batch_at, val_rows, steps=spec.rl_steps, optimizer=optimizer,
                                 num_thoughts=spec.num_thoughts, length=spec.thought_length,
                                 n_future=spec.lookahead_tokens, tokens=tokens, reference=reference,
