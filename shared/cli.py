@@ -170,6 +170,20 @@ def cmd_artifacts_verify(args) -> int:
     return 0
 
 
+def cmd_artifacts_fetch(args) -> int:
+    """Download an artifact's files into a new folder, each file's hash checked as it arrives."""
+    from pathlib import Path
+
+    out = Path(args.dest)
+    if out.exists() and any(out.iterdir()):
+        raise InvalidSpecError(f"{out} exists and is not empty; give a new folder", field="dest")
+    store = _store(args)
+    ref = store.ref_for(_key(store, args.artifact))
+    store.fetch(ref, out)
+    print(f"fetched {ref.uri} into {out}")
+    return 0
+
+
 def cmd_artifacts_gc(args) -> int:
     """The checklist's cleanup step: delete a run's intermediate artifacts, keep its finals."""
     store = _store(args)
@@ -189,6 +203,73 @@ def cmd_artifacts_gc(args) -> int:
         print(f"kept {key} (final)")
     if not doomed and not kept:
         print(f"no artifacts of run '{args.run}'", file=sys.stderr)
+    return 0
+
+
+# -- generate / chat / export-hf ----------------------------------------------------------------------
+def _generation_arguments(p) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--show-thoughts", action="store_true", help="print each hidden thought before its token")
+    p.add_argument("--no-thoughts", action="store_true", help="plain decoding, without hidden thoughts")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _load_for_generation(args):
+    from pathlib import Path
+
+    from services.bitnet.core.packed import load_any
+
+    folder = Path(args.model)
+    if not folder.is_dir():
+        raise InvalidSpecError(f"{folder} is not a folder; fetch the artifact first "
+                               f"(agentforge artifacts fetch KEY DIR)", field="--model")
+    if args.max_new_tokens < 1:
+        raise InvalidSpecError(f"must be >= 1, got {args.max_new_tokens}", field="--max-new-tokens")
+    return load_any(folder)
+
+
+def _answer(qs, prompt: str, args) -> str:
+    return qs.generate(prompt, max_new_tokens=args.max_new_tokens, show_thoughts=args.show_thoughts,
+                       thoughts=not args.no_thoughts and qs.head is not None, temperature=args.temperature,
+                       seed=args.seed)
+
+
+def cmd_generate(args) -> int:
+    qs = _load_for_generation(args)
+    print(_answer(qs, args.prompt, args))
+    return 0
+
+
+def cmd_chat(args) -> int:
+    qs = _load_for_generation(args)
+    for line in sys.stdin:
+        prompt = line.strip()
+        if prompt in ("exit", "quit"):
+            break
+        if prompt:
+            print(_answer(qs, prompt, args), flush=True)
+    return 0
+
+
+def cmd_export_hf(args) -> int:
+    from pathlib import Path
+
+    from services.bitnet.core.packed import dequantize, is_packed, load_packed
+    from shared.data.tokenizer import load_tokenizer, save_tokenizer
+    from shared.model import save_model
+
+    src, out = Path(args.model), Path(args.out)
+    if not is_packed(src):
+        raise InvalidSpecError(f"{src} is not a packed bitnet model folder (no bitnet.json)", field="--model")
+    if out.exists():
+        raise InvalidSpecError(f"{out} exists; give a new folder", field="--out")
+    tmp = out.with_name(out.name + ".partial")
+    model = dequantize(load_packed(src))
+    save_model(model, tmp)
+    save_tokenizer(load_tokenizer(src / "tokenizer"), tmp / "tokenizer")
+    tmp.rename(out)      # never a half-written folder at --out
+    print(f"dequantized model written to {out}")
     return 0
 
 
@@ -224,6 +305,22 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--store", default=None, help="artifact store URI (default $AGENTFORGE_STORE)")
     rd.set_defaults(func=cmd_reasoning_data)
 
+    gen = sub.add_parser("generate", help="generate from a Phase-3 or packed Phase-4 model folder")
+    gen.add_argument("--model", required=True, help="a model folder (a fetched quietstar or bitnet `model` artifact)")
+    gen.add_argument("--prompt", required=True)
+    _generation_arguments(gen)
+    gen.set_defaults(func=cmd_generate)
+
+    chat = sub.add_parser("chat", help="read prompts from stdin, one per line, and answer each")
+    chat.add_argument("--model", required=True, help="a model folder (a fetched quietstar or bitnet `model` artifact)")
+    _generation_arguments(chat)
+    chat.set_defaults(func=cmd_chat)
+
+    export = sub.add_parser("export-hf", help="write a packed model dequantized as a Hugging Face folder")
+    export.add_argument("--model", required=True, help="a packed bitnet model folder")
+    export.add_argument("--out", required=True, help="the folder to write (must not exist)")
+    export.set_defaults(func=cmd_export_hf)
+
     from shared.cli_runs import add_runs_parser
 
     add_runs_parser(sub)
@@ -237,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify = art_sub.add_parser("verify", help="re-hash an artifact's files")
     verify.add_argument("artifact", help="key or URI")
     verify.set_defaults(func=cmd_artifacts_verify)
+    fetch = art_sub.add_parser("fetch", help="download an artifact into a folder (hashes checked)")
+    fetch.add_argument("artifact", help="key or URI")
+    fetch.add_argument("dest", help="a new (or empty) folder")
+    fetch.set_defaults(func=cmd_artifacts_fetch)
     gc = art_sub.add_parser("gc", help="delete a run's intermediate artifacts")
     gc.add_argument("--run", required=True)
     gc.add_argument("--dry-run", action="store_true")

@@ -4,6 +4,14 @@ from agentforge.v1 import bitnet_pb2, bitnet_pb2_grpc
 from shared.config.schema import BitNetConfig
 from shared.runtime.phase import PhaseDefinition
 
+
+def _runner():
+    # imported on first use: discovery must stay cheap (it imports every phase.py)
+    from services.bitnet.core.job import BitNetRunner
+
+    return BitNetRunner()
+
+
 PHASE = PhaseDefinition(
     phase="bitnet",
     service="bitnet",
@@ -13,8 +21,8 @@ PHASE = PhaseDefinition(
     spec_message=bitnet_pb2.BitNetSpec,
     submit_message=bitnet_pb2.BitNetSubmit,
     add_servicer=bitnet_pb2_grpc.add_BitNetServiceServicer_to_server,
-    depends_on=('quietstar',),
+    # the Phase-3 model; its reasoning data (calibration, QAT, the likelihood metric); the benchmark suite
+    depends_on=('quietstar', 'reasoning_data', 'datasets'),
     issue=10,
-    # No runner yet: Validate checks the spec, Submit answers UNIMPLEMENTED naming issue #10.
-    runner_factory=None,
+    runner_factory=_runner,
 )

@@ -1,7 +1,7 @@
 """Running one phase service as a process: `agentforge serve <name>` (the same command containers run).
 
 Settings come from the environment, so compose/k8s and local processes configure services the same way:
-  AGENTFORGE_STORE          artifact store URI (file:///path or s3://bucket; default file://./.agentforge/store)
+  AGENTFORGE_STORE          artifact store URI (file:///path, a plain path or s3://bucket; default .agentforge/store)
   AGENTFORGE_TOKEN          bearer token (required when AGENTFORGE_REQUIRE_AUTH=1)
   AGENTFORGE_REQUIRE_AUTH   1 to refuse to start without a token (compose and k8s set it)
   AGENTFORGE_MAX_MESSAGE_BYTES  gRPC message size limit (default 16 MiB)
@@ -27,7 +27,7 @@ from shared.storage.factory import store_from_uri
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STORE = "file://./.agentforge/store"
+DEFAULT_STORE = ".agentforge/store"   # a plain path: relative to the working directory
 
 
 def env_flag(name: str, env=os.environ) -> bool:

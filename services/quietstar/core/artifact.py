@@ -51,7 +51,7 @@ def thought_tokens(tokenizer: Any) -> ThoughtTokens:
 @dataclass
 class QuietStarModel:
     model: Any
-    head: MixingHead
+    head: MixingHead | None
     tokenizer: Any
     settings: dict[str, Any]
 
@@ -69,6 +69,9 @@ class QuietStarModel:
         prompt = encode_prompt(self.tokenizer, {"prompt": text})
         room = max(1, int(self.model.config.max_seq_len) - max_new_tokens)
         prompt = prompt[-room:]
+        if thoughts and self.head is None:
+            raise FailedPreconditionError("this model has no mixing head (no Phase-3 files): generate without "
+                                          "thoughts")
         if not thoughts:
             (out,) = sample_outputs(self.model, self.tokenizer, [prompt], max_new_tokens=max_new_tokens,
                                     temperature=temperature, seed=seed)

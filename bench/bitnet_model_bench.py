@@ -1,0 +1,118 @@
+"""The compressed model against fp32 at the `default` shape (issue #10), on CPU, in one run: decode tokens/s of
+the same model in fp32 and packed (BitLinear layers on the ternary kernel), and the sizes — whole artifact and
+BitLinear-only compression beside the 20.25× limit of 1.58 bits vs fp32, for int8 and int4 embeddings and
+both packings.
+
+    .venv/bin/python bench/bitnet_model_bench.py [--shape default] [--context 32] [--new-tokens 4] [--out FILE]
+
+The model is the profile's shape with seeded random weights (speed and size do not depend on what it knows;
+the accuracy drop is measured on the trained tiny model by bench/bitnet_phase_bench.py). Both models run the
+same eval-mode recursion (ACT halting at the config's threshold; the packed model reaches the same depth only
+if it halts alike, so the number of executed steps is reported for each). Appends to bench/RESULTS.md (or
+--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit, machine_line, offline_env  # noqa: E402 - bench/ is not a package
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", default="default", help="profile whose cognate.model shape is used")
+    ap.add_argument("--context", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=4)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    offline_env()
+    import copy
+
+    import torch
+
+    from services.bitnet.core.kernel import available_backends
+    from services.bitnet.core.packed import PACKED, load_packed, save_packed
+    from services.bitnet.core.quant import bitlinear_modules, convert_to_bitlinear, quantize_rows, set_lambda
+    from shared.config import load_profile
+    from shared.model import TRMTitansMAG, TRMTitansMAGConfig
+    from shared.utils import get_model_size
+
+    cfg = load_profile(args.shape).phases.cognate.model
+    torch.manual_seed(0)
+    fp = TRMTitansMAG(TRMTitansMAGConfig.from_profile(cfg, active_ltm_slots=cfg.ltm_slots)).eval()
+    fp_bytes = 4 * get_model_size(fp)["params"]
+    ids = torch.randint(0, cfg.vocab_size, (1, args.context), generator=torch.Generator().manual_seed(1))
+
+    def decode(model) -> tuple[float, float]:
+        """(tokens/s, mean executed supervision steps) of greedy decoding `new_tokens` tokens, best of 2."""
+        best, steps = float("inf"), 0.0
+        with torch.no_grad():
+            for _ in range(2):
+                seq, t, s = ids, time.perf_counter(), []
+                for _ in range(args.new_tokens):
+                    out = model(seq)
+                    s.append(float(out.halting_steps[:, -1].float().mean()))
+                    seq = torch.cat([seq, out.logits[:, -1:].argmax(-1)], 1)
+                best = min(best, time.perf_counter() - t)
+                steps = sum(s) / len(s)
+        return args.new_tokens / best, steps
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bitnet-model-bench-") as tmp:
+        packed_models = {}
+        for fmt, bits in (("2bit", 8), ("2bit", 4), ("base3", 8)):
+            model = copy.deepcopy(fp)
+            convert_to_bitlinear(model)
+            layers = bitlinear_modules(model)
+            set_lambda(layers, 1.0)
+            for m in layers.values():
+                m.freeze(fmt)
+            codes, scale = quantize_rows(model.embed.weight, bits)
+            with torch.no_grad():
+                model.embed.weight.copy_(codes.float() * scale[:, None])
+            out = save_packed(model, Path(tmp) / f"{fmt}-{bits}", embedding={"bits": bits, "codes": codes,
+                                                                           "scale": scale}, pack_format=fmt)
+            size = (out / PACKED).stat().st_size
+            bl_fp = sum(4 * m.out_features * m.in_features for m in layers.values())
+            bl_packed = sum(m.packed.numel() + 4 for m in layers.values())
+            rows.append((fmt, bits, size, fp_bytes / size, bl_fp / bl_packed))
+            packed_models[(fmt, bits)] = out
+        fp_rate, fp_steps = decode(fp)
+        q = load_packed(packed_models[("2bit", 8)])
+        q_rate, q_steps = decode(q)
+    lines = [
+        f"## bitnet_model_bench — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        machine_line(),
+        f"- torch {torch.__version__}, {torch.get_num_threads()} threads; kernel backends {available_backends()}; "
+        f"shape `{args.shape}` (d={cfg.hidden_dim}, {cfg.num_layers} layers, vocab {cfg.vocab_size}, "
+        f"n_sup {cfg.n_sup}, T {cfg.t_cycles}, n {cfg.n_latent_steps}), seeded random weights; fp32 "
+        f"{fp_bytes / 2**20:.1f} MiB",
+        "",
+        "| packing | embeddings | packed.safetensors | whole artifact vs fp32 | BitLinear-only vs fp32 | limit |",
+        "|---|---|---:|---:|---:|---:|",
+        *[f"| {fmt} | int{bits} | {size / 2**20:.2f} MiB | {whole:.2f}× | {bl:.2f}× | 20.25× |"
+          for fmt, bits, size, whole, bl in rows],
+        "",
+        f"Decode, context {args.context} + {args.new_tokens} new tokens, batch 1, greedy, no cache (best of 2):",
+        "",
+        "| model | tokens/s | executed supervision steps (mean) |",
+        "|---|---:|---:|",
+        f"| fp32 | {fp_rate:.3f} | {fp_steps:.2f} |",
+        f"| packed (2bit, int8 embeddings) | {q_rate:.3f} | {q_steps:.2f} |",
+        f"| **speedup** | **{q_rate / fp_rate:.2f}×** | |",
+        "",
+    ]
+    emit("\n".join(lines) + "\n", args.out)
+
+
+if __name__ == "__main__":
+    main()

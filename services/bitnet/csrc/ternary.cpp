@@ -1,0 +1,333 @@
+// Ternary × int8 matrix multiply on CPU for BitNet layers (services/bitnet/core/kernel.py builds and calls it).
+//
+// Weight layout (KernelWeight.data, uint8 (out, row_bytes)), one row per output feature, 2 bits per weight
+// holding c = w + 1 ∈ {0, 1, 2}:
+//   - main blocks: q = in / 128 blocks of 32 bytes; byte j of block t holds weights 128t + j + 32k at bits
+//     2k..2k+1 (k = 0..3), so (byte >> 2k) & 3 over the 32 bytes is the 32 consecutive weights 128t+32k...
+//   - tail: r = in % 128 weights in ns = ceil(r / 32) sub-blocks of 8 bytes; byte j of sub-block s holds
+//     weights 128q + 32s + j + 8k at bits 2k; codes past `in` are 1 (w = 0).
+//   row_bytes = 32q + 8ns, less than ceil(in/4) + 8 (the tail's last sub-block is padded to 8 bytes).
+//
+// Arithmetic: acc[b,o] = Σ_i c[o,i]·x[b,i] − Σ_i x[b,i] = Σ_i w[o,i]·x[b,i], exact in int32 for every int8
+// x (−128 included) while in ≤ 2^24. The AVX2 path multiplies the unsigned codes by signed activations
+// with vpmaddubsw (pairs ≤ 2·2·128 = 512 in magnitude, never saturating), sums 16 main blocks in int16
+// (≤ 16·4·512 = 32768 in magnitude; the positive bound is 32512 and −32768 is representable), then widens
+// to int32 with vpmaddwd; 8 output rows are reduced together (vphaddd) and get a vector epilogue. The
+// portable path sums the same blocks in int16 (≤ 16·4·2·128 = 16384) and lets the compiler vectorise.
+// Weights are decoded in registers; a call allocates its (B, out) output and O(B) bookkeeping, nothing
+// of size out×in. Output rows are split over torch's intra-op threads with at::parallel_for.
+//
+// Float epilogue (identical in every backend and in the torch reference):
+//   y = (float(acc) * x_scale[b]) * w_scale, two separately rounded float32 multiplies.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define AF_X86 1
+#endif
+
+namespace {
+
+constexpr int64_t kBlock = 128;      // weights per main block
+constexpr int64_t kBlockBytes = 32;
+constexpr int64_t kSub = 32;         // weights per tail sub-block
+constexpr int64_t kSubBytes = 8;
+constexpr int64_t kFlush = 16;       // main blocks summed in int16 before widening (see the bound above)
+constexpr int kMaxNB = 4;            // batch rows sharing one decoded weight block
+constexpr int64_t kRowTile = 64;     // output rows kept hot in cache while all batch tiles pass over them
+
+struct Geometry {
+  int64_t in, q, r, ns, row_bytes;
+  explicit Geometry(int64_t in_) : in(in_), q(in_ / kBlock), r(in_ % kBlock), ns((in_ % kBlock + kSub - 1) / kSub) {
+    row_bytes = q * kBlockBytes + ns * kSubBytes;
+  }
+};
+
+// Where results go: raw int32 accumulators, or the float epilogue.
+struct Sink {
+  int32_t* acc = nullptr;
+  float* y = nullptr;
+  const float* x_scale = nullptr;
+  float w_scale = 1.0f;
+  int64_t ld = 0;  // out_features
+  inline void put(int64_t b, int64_t o, int32_t v) const {
+    if (y) {
+      float r = static_cast<float>(v);
+      r = r * x_scale[b];
+      r = r * w_scale;
+      y[b * ld + o] = r;
+    } else {
+      acc[b * ld + o] = v;
+    }
+  }
+};
+
+// Per-call activation data shared by all output rows: the row sums and each row's zero-padded tail.
+struct Activations {
+  const int8_t* x;
+  int64_t B;
+  std::vector<int32_t> sum;
+  std::vector<int8_t> tail;  // (B, 128): x[b, 128q:] followed by zeros
+  Activations(const int8_t* x_, int64_t B_, const Geometry& g) : x(x_), B(B_), sum(B_), tail(B_ * kBlock, 0) {
+    for (int64_t b = 0; b < B; ++b) {
+      const int8_t* xr = x + b * g.in;
+      int32_t s = 0;
+      for (int64_t i = 0; i < g.in; ++i) s += xr[i];
+      sum[b] = s;
+      if (g.r) std::memcpy(tail.data() + b * kBlock, xr + g.q * kBlock, g.r);
+    }
+  }
+  const int8_t* row(int64_t b, int64_t in) const { return x + b * in; }
+  const int8_t* tail_row(int64_t b) const { return tail.data() + b * kBlock; }
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// Portable path: plain C++, no intrinsics (the compiler may auto-vectorise it for the baseline ISA).
+int32_t dot_portable(const uint8_t* wrow, const int8_t* x, const int8_t* xtail, const Geometry& g) {
+  int32_t acc = 0;
+  for (int64_t t0 = 0; t0 < g.q; t0 += kFlush) {
+    const int64_t t1 = std::min(g.q, t0 + kFlush);
+    int16_t s[32] = {0};  // |s| ≤ 16 blocks · 4 · 2 · 128 = 16384: exact in int16
+    for (int64_t t = t0; t < t1; ++t) {
+      const uint8_t* wb = wrow + t * kBlockBytes;
+      const int8_t* xb = x + t * kBlock;
+      for (int j = 0; j < 32; ++j) {
+        const int16_t v = wb[j];
+        s[j] = static_cast<int16_t>(s[j] + (v & 3) * xb[j] + ((v >> 2) & 3) * xb[32 + j] +
+                                    ((v >> 4) & 3) * xb[64 + j] + (v >> 6) * xb[96 + j]);
+      }
+    }
+    for (int j = 0; j < 32; ++j) acc += s[j];
+  }
+  const uint8_t* wt = wrow + g.q * kBlockBytes;
+  for (int64_t s = 0; s < g.ns; ++s) {
+    for (int j = 0; j < 8; ++j) {
+      const int32_t v = wt[s * kSubBytes + j];
+      const int8_t* xs = xtail + s * kSub + j;
+      acc += (v & 3) * xs[0] + ((v >> 2) & 3) * xs[8] + ((v >> 4) & 3) * xs[16] + (v >> 6) * xs[24];
+    }
+  }
+  return acc;
+}
+
+void rows_portable(const uint8_t* w, const Activations& a, const Geometry& g, int64_t o0, int64_t o1,
+                   const Sink& sink) {
+  for (int64_t o = o0; o < o1; ++o) {
+    const uint8_t* wrow = w + o * g.row_bytes;
+    for (int64_t b = 0; b < a.B; ++b)
+      sink.put(b, o, dot_portable(wrow, a.row(b, g.in), a.tail_row(b), g) - a.sum[b]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// AVX2 path (compiled for AVX2 via the target attribute only; called only when the CPU has it).
+#ifdef AF_X86
+#define AF_AVX2 __attribute__((target("avx2")))
+
+AF_AVX2 inline int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(s);
+}
+
+AF_AVX2 inline __m256i loadu(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+// One output row × NB batch rows: the lanes of res[b] sum to Σ_i c[i]·x[b,i] (before the −Σx correction).
+template <int NB>
+AF_AVX2 void tile_avx2(const uint8_t* wrow, const int8_t* const* xr, const int8_t* const* xt, const Geometry& g,
+                       __m256i* res) {
+  const __m256i m3 = _mm256_set1_epi8(3);
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  __m256i acc32[NB];
+  for (int b = 0; b < NB; ++b) acc32[b] = _mm256_setzero_si256();
+  for (int64_t t0 = 0; t0 < g.q; t0 += kFlush) {
+    const int64_t t1 = std::min(g.q, t0 + kFlush);
+    __m256i acc16[NB];
+    for (int b = 0; b < NB; ++b) acc16[b] = _mm256_setzero_si256();
+    for (int64_t t = t0; t < t1; ++t) {
+      const __m256i v = loadu(wrow + t * kBlockBytes);
+      const __m256i c0 = _mm256_and_si256(v, m3);
+      const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(v, 2), m3);
+      const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m3);
+      const __m256i c3 = _mm256_and_si256(_mm256_srli_epi16(v, 6), m3);
+      for (int b = 0; b < NB; ++b) {
+        const int8_t* xp = xr[b] + t * kBlock;
+        __m256i s0 = _mm256_maddubs_epi16(c0, loadu(xp));
+        __m256i s1 = _mm256_maddubs_epi16(c1, loadu(xp + 32));
+        __m256i s2 = _mm256_maddubs_epi16(c2, loadu(xp + 64));
+        __m256i s3 = _mm256_maddubs_epi16(c3, loadu(xp + 96));
+        acc16[b] = _mm256_add_epi16(acc16[b], _mm256_add_epi16(_mm256_add_epi16(s0, s1), _mm256_add_epi16(s2, s3)));
+      }
+    }
+    for (int b = 0; b < NB; ++b) acc32[b] = _mm256_add_epi32(acc32[b], _mm256_madd_epi16(acc16[b], ones16));
+  }
+  if (g.ns) {
+    const uint8_t* wt = wrow + g.q * kBlockBytes;
+    const __m256i shifts = _mm256_set_epi64x(6, 4, 2, 0);
+    __m256i acc16[NB];
+    for (int b = 0; b < NB; ++b) acc16[b] = _mm256_setzero_si256();
+    for (int64_t s = 0; s < g.ns; ++s) {  // ns ≤ 4: ≤ 4·512 in int16
+      long long v;
+      std::memcpy(&v, wt + s * kSubBytes, sizeof v);
+      // 64-bit lane k = the 8 bytes >> 2k; & 3 per byte leaves weight 8k + j in byte j of lane k
+      const __m256i c = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(v), shifts), m3);
+      for (int b = 0; b < NB; ++b)
+        acc16[b] = _mm256_add_epi16(acc16[b], _mm256_maddubs_epi16(c, loadu(xt[b] + s * kSub)));
+    }
+    for (int b = 0; b < NB; ++b) acc32[b] = _mm256_add_epi32(acc32[b], _mm256_madd_epi16(acc16[b], ones16));
+  }
+  for (int b = 0; b < NB; ++b) res[b] = acc32[b];
+}
+
+// Lane r of the result = the sum of the 8 lanes of v[r].
+AF_AVX2 inline __m256i hsum8_epi32(const __m256i* v) {
+  const __m256i s01 = _mm256_hadd_epi32(v[0], v[1]);
+  const __m256i s23 = _mm256_hadd_epi32(v[2], v[3]);
+  const __m256i s45 = _mm256_hadd_epi32(v[4], v[5]);
+  const __m256i s67 = _mm256_hadd_epi32(v[6], v[7]);
+  const __m256i s0123 = _mm256_hadd_epi32(s01, s23);  // 128-bit halves: sums of v0..v3 over low / high lanes
+  const __m256i s4567 = _mm256_hadd_epi32(s45, s67);
+  return _mm256_add_epi32(_mm256_permute2x128_si256(s0123, s4567, 0x20),
+                          _mm256_permute2x128_si256(s0123, s4567, 0x31));
+}
+
+// Results for outputs o..o+7 of batch row b; the same float ops and order as Sink::put.
+AF_AVX2 inline void put8(const Sink& sink, int64_t b, int64_t o, __m256i v) {
+  if (sink.y) {
+    __m256 r = _mm256_cvtepi32_ps(v);
+    r = _mm256_mul_ps(r, _mm256_set1_ps(sink.x_scale[b]));
+    r = _mm256_mul_ps(r, _mm256_set1_ps(sink.w_scale));
+    _mm256_storeu_ps(sink.y + b * sink.ld + o, r);
+  } else {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(sink.acc + b * sink.ld + o), v);
+  }
+}
+
+template <int NB>
+AF_AVX2 void batch_tile_avx2(const uint8_t* w, const Activations& a, const Geometry& g, int64_t b0, int64_t o0,
+                             int64_t o1, const Sink& sink) {
+  const int8_t* xr[NB];
+  const int8_t* xt[NB];
+  for (int b = 0; b < NB; ++b) {
+    xr[b] = a.row(b0 + b, g.in);
+    xt[b] = a.tail_row(b0 + b);
+  }
+  __m256i acc[8][NB];
+  int64_t o = o0;
+  for (; o + 8 <= o1; o += 8) {  // 8 rows at a time: one transposing reduction, vector epilogue
+    for (int r = 0; r < 8; ++r) tile_avx2<NB>(w + (o + r) * g.row_bytes, xr, xt, g, acc[r]);
+    for (int b = 0; b < NB; ++b) {
+      __m256i v[8];
+      for (int r = 0; r < 8; ++r) v[r] = acc[r][b];
+      put8(sink, b0 + b, o, _mm256_sub_epi32(hsum8_epi32(v), _mm256_set1_epi32(a.sum[b0 + b])));
+    }
+  }
+  for (; o < o1; ++o) {
+    tile_avx2<NB>(w + o * g.row_bytes, xr, xt, g, acc[0]);
+    for (int b = 0; b < NB; ++b) sink.put(b0 + b, o, hsum_epi32(acc[0][b]) - a.sum[b0 + b]);
+  }
+}
+
+AF_AVX2 void rows_avx2(const uint8_t* w, const Activations& a, const Geometry& g, int64_t o0, int64_t o1,
+                       const Sink& sink) {
+  for (int64_t r0 = o0; r0 < o1; r0 += kRowTile) {
+    const int64_t r1 = std::min(o1, r0 + kRowTile);
+    int64_t b = 0;
+    for (; b + 4 <= a.B; b += 4) batch_tile_avx2<4>(w, a, g, b, r0, r1, sink);
+    switch (a.B - b) {
+      case 3: batch_tile_avx2<3>(w, a, g, b, r0, r1, sink); break;
+      case 2: batch_tile_avx2<2>(w, a, g, b, r0, r1, sink); break;
+      case 1: batch_tile_avx2<1>(w, a, g, b, r0, r1, sink); break;
+      default: break;
+    }
+  }
+}
+#endif  // AF_X86
+
+bool cpu_has_avx2() {
+#ifdef AF_X86
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+#else
+  return false;
+#endif
+}
+
+enum Backend : int64_t { kPortable = 0, kAvx2 = 1 };
+
+void run(const torch::Tensor& x, const torch::Tensor& w, int64_t in_features, int64_t backend, const Sink& sink_in,
+         int64_t out_features) {
+  const Geometry g(in_features);
+  TORCH_CHECK(x.dtype() == torch::kInt8 && x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(),
+              "x must be a contiguous CPU int8 (B, in) tensor");
+  TORCH_CHECK(x.size(1) == in_features, "x has ", x.size(1), " features, the weight expects ", in_features);
+  TORCH_CHECK(w.dtype() == torch::kUInt8 && w.dim() == 2 && w.is_contiguous() && w.device().is_cpu(),
+              "weight must be a contiguous CPU uint8 (out, row_bytes) tensor");
+  TORCH_CHECK(w.size(0) == out_features && w.size(1) == g.row_bytes, "weight shape (", w.size(0), ", ", w.size(1),
+              ") does not match out=", out_features, " in=", in_features, " (row_bytes ", g.row_bytes, ")");
+  TORCH_CHECK(in_features <= (int64_t(1) << 24), "in_features > 2^24 could overflow the int32 accumulators");
+  TORCH_CHECK(backend == kPortable || backend == kAvx2, "unknown backend id ", backend);
+  TORCH_CHECK(backend != kAvx2 || cpu_has_avx2(), "the avx2 backend needs a CPU with AVX2");
+  const int64_t B = x.size(0);
+  if (B == 0 || out_features == 0) return;
+  const Activations a(x.data_ptr<int8_t>(), B, g);
+  const uint8_t* wp = w.data_ptr<uint8_t>();
+  const Sink sink = sink_in;
+  // ≥ 2^17 weight·activation products (~2 µs) per task: a second thread costs ~1 µs to start here
+  const int64_t work_per_row = std::max<int64_t>(1, B * std::max<int64_t>(in_features, 1));
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / work_per_row);
+  at::parallel_for(0, out_features, grain, [&](int64_t o0, int64_t o1) {
+#ifdef AF_X86
+    if (backend == kAvx2) {
+      rows_avx2(wp, a, g, o0, o1, sink);
+      return;
+    }
+#endif
+    rows_portable(wp, a, g, o0, o1, sink);
+  });
+}
+
+torch::Tensor matmul_int(const torch::Tensor& x, const torch::Tensor& w, int64_t in_features, int64_t backend) {
+  const int64_t out_features = w.size(0);
+  auto acc = torch::empty({x.size(0), out_features}, torch::dtype(torch::kInt32));
+  Sink sink;
+  sink.acc = acc.data_ptr<int32_t>();
+  sink.ld = out_features;
+  run(x, w, in_features, backend, sink, out_features);
+  return acc;
+}
+
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& x_scale, const torch::Tensor& w, int64_t in_features,
+                     double w_scale, int64_t backend) {
+  const int64_t out_features = w.size(0);
+  TORCH_CHECK(x_scale.dtype() == torch::kFloat32 && x_scale.dim() == 1 && x_scale.is_contiguous() &&
+                  x_scale.device().is_cpu() && x_scale.size(0) == x.size(0),
+              "x_scale must be a contiguous float32 (B,) tensor");
+  auto y = torch::empty({x.size(0), out_features}, torch::dtype(torch::kFloat32));
+  Sink sink;
+  sink.y = y.data_ptr<float>();
+  sink.x_scale = x_scale.data_ptr<float>();
+  sink.w_scale = static_cast<float>(w_scale);
+  sink.ld = out_features;
+  run(x, w, in_features, backend, sink, out_features);
+  return y;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "Ternary (2-bit packed) × int8 matmul kernels for BitNet layers";
+  m.def("has_avx2", &cpu_has_avx2, "whether this CPU supports AVX2");
+  m.def("row_bytes", [](int64_t in) { return Geometry(in).row_bytes; }, "bytes per weight row for in features");
+  m.def("matmul_int", &matmul_int, "int32 accumulators Σ x·w", py::arg("x"), py::arg("w"), py::arg("in_features"),
+        py::arg("backend"));
+  m.def("linear", &linear, "(float(acc) * x_scale[b]) * w_scale", py::arg("x"), py::arg("x_scale"), py::arg("w"),
+        py::arg("in_features"), py::arg("w_scale"), py::arg("backend"));
+}
