@@ -9,11 +9,12 @@
 //   row_bytes = 32q + 8ns, less than ceil(in/4) + 8 (the tail's last sub-block is padded to 8 bytes).
 //
 // Arithmetic: acc[b,o] = Σ_i c[o,i]·x[b,i] − Σ_i x[b,i] = Σ_i w[o,i]·x[b,i], exact in int32 for every int8
-// x (−128 included) while in ≤ 2^24. The AVX2 path multiplies the unsigned codes by signed activations
-// with vpmaddubsw (pairs ≤ 2·2·128 = 512 in magnitude, never saturating), sums 16 main blocks in int16
-// (≤ 16·4·512 = 32768 in magnitude; the positive bound is 32512 and −32768 is representable), then widens
-// to int32 with vpmaddwd; 8 output rows are reduced together (vphaddd) and get a vector epilogue. The
-// portable path sums the same blocks in int16 (≤ 16·4·2·128 = 16384) and lets the compiler vectorise.
+// x (−128 included) while in ≤ 2^24 (intermediates wrap modulo 2^32, see wrap_sub). The AVX2 path multiplies
+// the unsigned codes by signed activations with vpmaddubsw (pairs ≤ 2·2·128 = 512 in magnitude, never
+// saturating), sums 16 main blocks in int16 (≤ 16·4·512 = 32768 in magnitude; the positive bound is 32512
+// and −32768 is representable), then widens to int32 with vpmaddwd; 8 output rows are reduced together
+// (vphaddd) and get a vector epilogue. The portable path sums the same blocks in int16 (≤ 16·4·2·128 =
+// 16384) and lets the compiler vectorise.
 // Weights are decoded in registers; a call allocates its (B, out) output and O(B) bookkeeping, nothing
 // of size out×in. Output rows are split over torch's intra-op threads with at::parallel_for.
 //
@@ -39,7 +40,6 @@ constexpr int64_t kBlockBytes = 32;
 constexpr int64_t kSub = 32;         // weights per tail sub-block
 constexpr int64_t kSubBytes = 8;
 constexpr int64_t kFlush = 16;       // main blocks summed in int16 before widening (see the bound above)
-constexpr int kMaxNB = 4;            // batch rows sharing one decoded weight block
 constexpr int64_t kRowTile = 64;     // output rows kept hot in cache while all batch tiles pass over them
 
 struct Geometry {
@@ -48,6 +48,12 @@ struct Geometry {
     row_bytes = q * kBlockBytes + ns * kSubBytes;
   }
 };
+
+// a − b modulo 2^32. Σ c·x can pass 2^31 for long rows (c ≤ 2) while Σ w·x = Σ c·x − Σ x fits int32 for
+// in ≤ 2^24, so the wrap cancels; SIMD adds wrap by definition, scalar code goes through uint32 here.
+inline int32_t wrap_sub(int32_t a, int32_t b) {
+  return static_cast<int32_t>(static_cast<uint32_t>(a) - static_cast<uint32_t>(b));
+}
 
 // Where results go: raw int32 accumulators, or the float epilogue.
 struct Sink {
@@ -89,8 +95,8 @@ struct Activations {
 
 // ---------------------------------------------------------------------------------------------------------
 // Portable path: plain C++, no intrinsics (the compiler may auto-vectorise it for the baseline ISA).
-int32_t dot_portable(const uint8_t* wrow, const int8_t* x, const int8_t* xtail, const Geometry& g) {
-  int32_t acc = 0;
+uint32_t dot_portable(const uint8_t* wrow, const int8_t* x, const int8_t* xtail, const Geometry& g) {
+  uint32_t acc = 0;  // modulo 2^32, see wrap_sub
   for (int64_t t0 = 0; t0 < g.q; t0 += kFlush) {
     const int64_t t1 = std::min(g.q, t0 + kFlush);
     int16_t s[32] = {0};  // |s| ≤ 16 blocks · 4 · 2 · 128 = 16384: exact in int16
@@ -103,14 +109,15 @@ int32_t dot_portable(const uint8_t* wrow, const int8_t* x, const int8_t* xtail, 
                                     ((v >> 4) & 3) * xb[64 + j] + (v >> 6) * xb[96 + j]);
       }
     }
-    for (int j = 0; j < 32; ++j) acc += s[j];
+    for (int j = 0; j < 32; ++j) acc += static_cast<uint32_t>(static_cast<int32_t>(s[j]));
   }
   const uint8_t* wt = wrow + g.q * kBlockBytes;
   for (int64_t s = 0; s < g.ns; ++s) {
     for (int j = 0; j < 8; ++j) {
       const int32_t v = wt[s * kSubBytes + j];
       const int8_t* xs = xtail + s * kSub + j;
-      acc += (v & 3) * xs[0] + ((v >> 2) & 3) * xs[8] + ((v >> 4) & 3) * xs[16] + (v >> 6) * xs[24];
+      acc += static_cast<uint32_t>((v & 3) * xs[0] + ((v >> 2) & 3) * xs[8] + ((v >> 4) & 3) * xs[16] +
+                                   (v >> 6) * xs[24]);
     }
   }
   return acc;
@@ -121,7 +128,7 @@ void rows_portable(const uint8_t* w, const Activations& a, const Geometry& g, in
   for (int64_t o = o0; o < o1; ++o) {
     const uint8_t* wrow = w + o * g.row_bytes;
     for (int64_t b = 0; b < a.B; ++b)
-      sink.put(b, o, dot_portable(wrow, a.row(b, g.in), a.tail_row(b), g) - a.sum[b]);
+      sink.put(b, o, wrap_sub(static_cast<int32_t>(dot_portable(wrow, a.row(b, g.in), a.tail_row(b), g)), a.sum[b]));
   }
 }
 
@@ -231,7 +238,7 @@ AF_AVX2 void batch_tile_avx2(const uint8_t* w, const Activations& a, const Geome
   }
   for (; o < o1; ++o) {
     tile_avx2<NB>(w + o * g.row_bytes, xr, xt, g, acc[0]);
-    for (int b = 0; b < NB; ++b) sink.put(b0 + b, o, hsum_epi32(acc[0][b]) - a.sum[b0 + b]);
+    for (int b = 0; b < NB; ++b) sink.put(b0 + b, o, wrap_sub(hsum_epi32(acc[0][b]), a.sum[b0 + b]));
   }
 }
 
