@@ -7,8 +7,8 @@ both packings.
 
 The model is the profile's shape with seeded random weights (speed and size do not depend on what it knows;
 the accuracy drop is measured on the trained tiny model by bench/bitnet_phase_bench.py). Both models run the
-same eval-mode recursion (ACT halting at the config's threshold; the packed model reaches the same depth only
-if it halts alike, so the number of executed steps is reported for each). Appends to bench/RESULTS.md (or
+same eval-mode recursion with every supervision step (act_threshold 1: halting could otherwise differ between
+them and make the comparison one of depth, not of arithmetic); the executed steps are reported. Appends to bench/RESULTS.md (or
 --out).
 """
 
@@ -41,7 +41,8 @@ def main() -> None:
 
     from services.bitnet.core.kernel import available_backends
     from services.bitnet.core.packed import PACKED, load_packed, save_packed
-    from services.bitnet.core.quant import bitlinear_modules, convert_to_bitlinear, quantize_rows, set_lambda
+    from services.bitnet.core.quant import (bitlinear_modules, convert_to_bitlinear, quantize_memory_inits,
+                                            quantize_rows, set_lambda)
     from shared.config import load_profile
     from shared.model import TRMTitansMAG, TRMTitansMAGConfig
     from shared.utils import get_model_size
@@ -59,7 +60,7 @@ def main() -> None:
             for _ in range(2):
                 seq, t, s = ids, time.perf_counter(), []
                 for _ in range(args.new_tokens):
-                    out = model(seq)
+                    out = model(seq, act_threshold=1.0)   # every supervision step: the same work for both
                     s.append(float(out.halting_steps[:, -1].float().mean()))
                     seq = torch.cat([seq, out.logits[:, -1:].argmax(-1)], 1)
                 best = min(best, time.perf_counter() - t)
@@ -69,7 +70,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bitnet-model-bench-") as tmp:
         packed_models = {}
-        for fmt, bits in (("2bit", 8), ("2bit", 4), ("base3", 8)):
+        for fmt, bits, init_bits in (("2bit", 8, 32), ("2bit", 8, 8), ("2bit", 4, 8), ("base3", 4, 8)):
             model = copy.deepcopy(fp)
             convert_to_bitlinear(model)
             layers = bitlinear_modules(model)
@@ -79,15 +80,17 @@ def main() -> None:
             codes, scale = quantize_rows(model.embed.weight, bits)
             with torch.no_grad():
                 model.embed.weight.copy_(codes.float() * scale[:, None])
-            out = save_packed(model, Path(tmp) / f"{fmt}-{bits}", embedding={"bits": bits, "codes": codes,
-                                                                           "scale": scale}, pack_format=fmt)
+            inits = quantize_memory_inits(model, init_bits)
+            out = save_packed(model, Path(tmp) / f"{fmt}-{bits}-{init_bits}",
+                              embedding={"bits": bits, "codes": codes, "scale": scale}, pack_format=fmt,
+                              memory_init_bits=init_bits, memory_init=inits)
             size = (out / PACKED).stat().st_size
             bl_fp = sum(4 * m.out_features * m.in_features for m in layers.values())
             bl_packed = sum(m.packed.numel() + 4 for m in layers.values())
-            rows.append((fmt, bits, size, fp_bytes / size, bl_fp / bl_packed))
-            packed_models[(fmt, bits)] = out
+            rows.append((fmt, bits, init_bits, size, fp_bytes / size, bl_fp / bl_packed))
+            packed_models[(fmt, bits, init_bits)] = out
         fp_rate, fp_steps = decode(fp)
-        q = load_packed(packed_models[("2bit", 8)])
+        q = load_packed(packed_models[("2bit", 8, 32)])
         q_rate, q_steps = decode(q)
     lines = [
         f"## bitnet_model_bench — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
@@ -97,17 +100,18 @@ def main() -> None:
         f"n_sup {cfg.n_sup}, T {cfg.t_cycles}, n {cfg.n_latent_steps}), seeded random weights; fp32 "
         f"{fp_bytes / 2**20:.1f} MiB",
         "",
-        "| packing | embeddings | packed.safetensors | whole artifact vs fp32 | BitLinear-only vs fp32 | limit |",
-        "|---|---|---:|---:|---:|---:|",
-        *[f"| {fmt} | int{bits} | {size / 2**20:.2f} MiB | {whole:.2f}× | {bl:.2f}× | 20.25× |"
-          for fmt, bits, size, whole, bl in rows],
+        "| packing | embeddings | memory init | packed.safetensors | whole artifact vs fp32 | BitLinear-only vs fp32 "
+        "| limit |",
+        "|---|---|---|---:|---:|---:|---:|",
+        *[f"| {fmt} | int{bits} | {'int8 rows' if ib == 8 else f'float{ib}'} | {size / 2**20:.2f} MiB | {whole:.2f}× "
+          f"| {bl:.2f}× | 20.25× |" for fmt, bits, ib, size, whole, bl in rows],
         "",
         f"Decode, context {args.context} + {args.new_tokens} new tokens, batch 1, greedy, no cache (best of 2):",
         "",
         "| model | tokens/s | executed supervision steps (mean) |",
         "|---|---:|---:|",
         f"| fp32 | {fp_rate:.3f} | {fp_steps:.2f} |",
-        f"| packed (2bit, int8 embeddings) | {q_rate:.3f} | {q_steps:.2f} |",
+        f"| packed (2bit, int8 embeddings, float32 memory init) | {q_rate:.3f} | {q_steps:.2f} |",
         f"| **speedup** | **{q_rate / fp_rate:.2f}×** | |",
         "",
     ]

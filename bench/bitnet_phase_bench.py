@@ -79,6 +79,7 @@ def main() -> None:
     for e in events:
         if e.stage and (not marks or marks[-1][0] != e.stage):
             marks.append((e.stage, e.time))
+    marks.append(("end", t0 + total))
     spec = profile.phases.bitnet
     rows = [f"| {a} | {b_t - a_t:.1f} |" for (a, a_t), (_, b_t) in zip(marks, marks[1:])]
     m = job.metrics

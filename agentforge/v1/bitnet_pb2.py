@@ -26,7 +26,7 @@ from agentforge.v1 import common_pb2 as agentforge_dot_v1_dot_common__pb2
 from agentforge.v1 import job_pb2 as agentforge_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61gentforge/v1/bitnet.proto\x12\ragentforge.v1\x1a\x1a\x61gentforge/v1/common.proto\x1a\x17\x61gentforge/v1/job.proto\"\xde\x01\n\nBitNetSpec\x12\x15\n\rsize_category\x18\x01 \x01(\t\x12\x16\n\x0e\x65mbedding_bits\x18\x02 \x01(\x05\x12\x13\n\x0bpack_format\x18\x03 \x01(\t\x12\x1b\n\x13\x63\x61libration_samples\x18\x04 \x01(\x05\x12\x1b\n\x13lambda_warmup_steps\x18\x05 \x01(\x05\x12\x13\n\x0brecovery_lr\x18\x06 \x01(\x01\x12\x17\n\x0frecovery_epochs\x18\x07 \x01(\x05\x12\x16\n\x0emax_layer_drop\x18\x08 \x01(\x01\x12\x0c\n\x04seed\x18\t \x01(\x05\"c\n\x0c\x42itNetSubmit\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.agentforge.v1.JobContext\x12\'\n\x04spec\x18\x02 \x01(\x0b\x32\x19.agentforge.v1.BitNetSpec2\xd1\x02\n\rBitNetService\x12\x46\n\x08Validate\x12\x19.agentforge.v1.BitNetSpec\x1a\x1f.agentforge.v1.ValidateResponse\x12?\n\x06Submit\x12\x1b.agentforge.v1.BitNetSubmit\x1a\x18.agentforge.v1.JobStatus\x12\x44\n\x05Watch\x12\x1b.agentforge.v1.WatchRequest\x1a\x1c.agentforge.v1.ProgressEvent0\x01\x12\x39\n\x06\x43\x61ncel\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatus\x12\x36\n\x03Get\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61gentforge/v1/bitnet.proto\x12\ragentforge.v1\x1a\x1a\x61gentforge/v1/common.proto\x1a\x17\x61gentforge/v1/job.proto\"\xf8\x01\n\nBitNetSpec\x12\x15\n\rsize_category\x18\x01 \x01(\t\x12\x16\n\x0e\x65mbedding_bits\x18\x02 \x01(\x05\x12\x13\n\x0bpack_format\x18\x03 \x01(\t\x12\x1b\n\x13\x63\x61libration_samples\x18\x04 \x01(\x05\x12\x1b\n\x13lambda_warmup_steps\x18\x05 \x01(\x05\x12\x13\n\x0brecovery_lr\x18\x06 \x01(\x01\x12\x17\n\x0frecovery_epochs\x18\x07 \x01(\x05\x12\x16\n\x0emax_layer_drop\x18\x08 \x01(\x01\x12\x0c\n\x04seed\x18\t \x01(\x05\x12\x18\n\x10memory_init_bits\x18\n \x01(\x05\"c\n\x0c\x42itNetSubmit\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.agentforge.v1.JobContext\x12\'\n\x04spec\x18\x02 \x01(\x0b\x32\x19.agentforge.v1.BitNetSpec2\xd1\x02\n\rBitNetService\x12\x46\n\x08Validate\x12\x19.agentforge.v1.BitNetSpec\x1a\x1f.agentforge.v1.ValidateResponse\x12?\n\x06Submit\x12\x1b.agentforge.v1.BitNetSubmit\x1a\x18.agentforge.v1.JobStatus\x12\x44\n\x05Watch\x12\x1b.agentforge.v1.WatchRequest\x1a\x1c.agentforge.v1.ProgressEvent0\x01\x12\x39\n\x06\x43\x61ncel\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatus\x12\x36\n\x03Get\x12\x15.agentforge.v1.JobRef\x1a\x18.agentforge.v1.JobStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentforge.v1.bitnet_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BITNETSPEC']._serialized_start=99
-  _globals['_BITNETSPEC']._serialized_end=321
-  _globals['_BITNETSUBMIT']._serialized_start=323
-  _globals['_BITNETSUBMIT']._serialized_end=422
-  _globals['_BITNETSERVICE']._serialized_start=425
-  _globals['_BITNETSERVICE']._serialized_end=762
+  _globals['_BITNETSPEC']._serialized_end=347
+  _globals['_BITNETSUBMIT']._serialized_start=349
+  _globals['_BITNETSUBMIT']._serialized_end=448
+  _globals['_BITNETSERVICE']._serialized_start=451
+  _globals['_BITNETSERVICE']._serialized_end=788
 # @@protoc_insertion_point(module_scope)

@@ -70,7 +70,16 @@ def upstream(tmp_path_factory, datasets_dir):
     plain = save_model(model, work / "plain")           # a model without the Phase-3 files
     save_tokenizer(tok, plain / "tokenizer")
     bad = publish(store, "fixtures/not-phase3", "model", plain)
-    return store, (ref, *rj.artifacts, *dj.artifacts), (bad, *rj.artifacts, *dj.artifacts)
+    # a model outside the family: the Phase-3 files, but config.json says gpt2
+    foreign = work / "foreign"
+    import shutil
+
+    shutil.copytree(folder, foreign)
+    config = json.loads((foreign / "config.json").read_text())
+    (foreign / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    other = publish(store, "fixtures/foreign", "model", foreign)
+    return store, (ref, *rj.artifacts, *dj.artifacts), (bad, *rj.artifacts, *dj.artifacts), \
+        (other, *rj.artifacts, *dj.artifacts)
 
 
 def run_bitnet(store, inputs, request_id, spec=SPEC):
@@ -85,12 +94,12 @@ def run_bitnet(store, inputs, request_id, spec=SPEC):
 
 @pytest.fixture(scope="module")
 def done(upstream):
-    store, inputs, _ = upstream
+    store, inputs, *_ = upstream
     return run_bitnet(store, inputs, "b")
 
 
 def test_the_packed_model_is_published_and_reloads_to_the_same_logits(upstream, done, tmp_path):
-    store, inputs, _ = upstream
+    store, inputs, *_ = upstream
     assert done.state is JobState.SUCCEEDED, done.error
     (ref,) = done.artifacts
     assert ref.name == "model" and [p.name for p in store.read_manifest(ref).parents] == ["model"]
@@ -114,7 +123,7 @@ def test_the_packed_model_is_published_and_reloads_to_the_same_logits(upstream, 
 
 
 def test_every_gate_metric_is_reported_and_matches_the_artifact(upstream, done, tmp_path):
-    store, _, _ = upstream
+    store, *_ = upstream
     m = done.metrics
     for gate in CI.gates.bitnet:
         assert gate.metric in m, gate.metric
@@ -131,10 +140,12 @@ def test_every_gate_metric_is_reported_and_matches_the_artifact(upstream, done, 
     assert any(s.startswith("block 0") for s in done.stages)
 
 
-def test_a_model_that_is_not_a_phase3_model_is_refused_with_its_reason(upstream):
-    store, _, bad_inputs = upstream
+def test_a_model_that_is_not_a_phase3_model_or_outside_the_family_is_refused_with_its_reason(upstream):
+    store, _, bad_inputs, foreign_inputs = upstream
     job = run_bitnet(store, bad_inputs, "b-bad")
     assert job.state is JobState.FAILED and "quietstar.json" in job.error
+    job = run_bitnet(store, foreign_inputs, "b-foreign")
+    assert job.state is JobState.FAILED and "gpt2" in job.error
 
 
 def test_generate_chat_and_export_on_the_packed_model(upstream, done, tmp_path, capsys, monkeypatch):
@@ -143,7 +154,7 @@ def test_generate_chat_and_export_on_the_packed_model(upstream, done, tmp_path, 
     from shared.cli import main
     from shared.model import load_model
 
-    store, _, _ = upstream
+    store, *_ = upstream
     (ref,) = done.artifacts
     folder = store.fetch(ref, tmp_path / "m")
     assert main(["generate", "--model", str(folder), "--prompt", "What is 2+2?", "--max-new-tokens", "3",

@@ -12,7 +12,8 @@ from torch import nn
 from services.bitnet.core.packed import MANIFEST, PACKED, load_packed, pack_nibbles, save_packed, unpack_nibbles
 from services.bitnet.core.quant import (
     BitLinear, activation_quant, bitlinear_modules, convert_to_bitlinear, get_compression_config,
-    get_conservative_compression_config, measure_sparsity, quantize_rows, set_lambda, ternary_codes, weight_scale,
+    get_conservative_compression_config, measure_sparsity, memory_init_parameters, quantize_memory_inits,
+    quantize_rows, set_lambda, ternary_codes, weight_scale,
 )
 from shared.errors import FailedPreconditionError, InvalidSpecError
 from tests.model.helpers import tiny_model
@@ -68,7 +69,7 @@ def test_a_frozen_layer_computes_the_float_formula_through_the_integer_kernel():
         BitLinear.from_linear(linear(3)).freeze()
 
 
-def compressed(pack_format="2bit", bits=8, seed=0):
+def compressed(pack_format="2bit", bits=8, seed=0, init_bits=32):
     model = tiny_model(seed).float().eval()     # the packed format keeps float32
     names = convert_to_bitlinear(model)
     assert names and all(isinstance(m, BitLinear) for m in bitlinear_modules(model).values())
@@ -78,18 +79,22 @@ def compressed(pack_format="2bit", bits=8, seed=0):
     codes, scale = quantize_rows(model.embed.weight, bits)
     with torch.no_grad():
         model.embed.weight.copy_(codes.float() * scale[:, None])
+    model.memory_init = quantize_memory_inits(model, init_bits)
     return model, {"bits": bits, "codes": codes, "scale": scale}
 
 
-@pytest.mark.parametrize("pack_format,bits", [("2bit", 8), ("base3", 4)])
-def test_a_reloaded_packed_model_gives_exactly_the_in_memory_logits(tmp_path, pack_format, bits):
-    model, emb = compressed(pack_format, bits)
-    out = save_packed(model, tmp_path / "m", embedding=emb, pack_format=pack_format)
+@pytest.mark.parametrize("pack_format,bits,init_bits", [("2bit", 8, 32), ("base3", 4, 8), ("2bit", 4, 16)])
+def test_a_reloaded_packed_model_gives_exactly_the_in_memory_logits(tmp_path, pack_format, bits, init_bits):
+    model, emb = compressed(pack_format, bits, init_bits=init_bits)
+    assert memory_init_parameters(model)
+    out = save_packed(model, tmp_path / "m", embedding=emb, pack_format=pack_format, memory_init_bits=init_bits,
+                      memory_init=model.memory_init)
     again = load_packed(out)
     with torch.no_grad():
         assert torch.equal(model(IDS).logits, again(IDS).logits)
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["pack_format"] == pack_format and manifest["embedding_bits"] == bits
+    assert manifest["memory_init_bits"] == init_bits
     assert not list(out.rglob("*.pt")) and not list(out.rglob("*.bin"))
     sparsity = measure_sparsity(model)
     assert 0.0 < sparsity < 1.0 and measure_sparsity(again) == sparsity

@@ -28,7 +28,7 @@ Stages (the checklist's, quantization-aware):
 3. Recovery (fine_tune_compressed): when the drop is > 5%, `recovery_epochs` passes over the recovery set.
 4. When the drop is still > 10%: start again from the Phase-3 model with get_conservative_compression_config.
 5. Freeze (ternary codes → packed; reverted blocks become plain Linear again), embeddings and the tied head
-   per row to `embedding_bits`; final NLL on the frozen integer path; save, reload, logits checked equal.
+   per row to `embedding_bits`, the memory's initial fast weights to `memory_init_bits`; final NLL on the frozen integer path; save, reload, logits checked equal.
 
 Reported (gate metrics first):
   bitnet/compression_ratio         whole artifact: fp32 bytes of the input model / bytes of packed.safetensors
@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from services.bitnet.core.packed import PACKED, load_packed, save_packed
 from services.bitnet.core.quant import (
     QUANTIZABLE, BitLinear, bitlinear_modules, convert_to_bitlinear, get_compression_config,
-    get_conservative_compression_config, measure_sparsity, quantize_rows, set_lambda, ternary_codes,
+    get_conservative_compression_config, measure_sparsity, quantize_memory_inits, quantize_rows, set_lambda, ternary_codes,
     weight_scale,
 )
 from services.quietstar.core.artifact import load_quietstar
@@ -428,11 +428,13 @@ class BitNetRunner:
             with torch.no_grad():
                 model.embed.weight.copy_(codes.float() * scale[:, None])
             embedding.update(codes=codes, scale=scale)
+        memory_init = quantize_memory_inits(model, int(spec.memory_init_bits))
         model.eval()
         nll_q = heldout_nll(model, evaluation)
         if not bitlinear_modules(model):
             log.warning("every block was reverted to full precision: nothing is ternary")
         out_dir = save_packed(model, work / "packed", embedding=embedding, pack_format=spec.pack_format,
+                              memory_init_bits=int(spec.memory_init_bits), memory_init=memory_init,
                               carry_from=src, extra={"size_category": config["size_category"],
                                                      "conservative": bool(config.get("conservative", False))})
         reloaded = load_packed(out_dir)

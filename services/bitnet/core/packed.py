@@ -3,7 +3,8 @@ everything else float32 — one safetensors file and JSON, never a pickle.
 
 Folder layout (`save_packed`):
 
-    packed.safetensors   per BitLinear `<name>.packed` (uint8, the flat packing of services.bitnet.core.pack:
+    packed.safetensors   the memory's initial fast weights per `memory_init_bits` (`<name>.codes` int8 +
+                         `<name>.scale` per row, or `<name>.f16`, or float32 under its name); per BitLinear `<name>.packed` (uint8, the flat packing of services.bitnet.core.pack:
                          exactly ceil(n/4) or ceil(n/5) bytes), `<name>.scale` (γ, float32), `<name>.gain`,
                          `<name>.bias`; `embed.codes` (int8 codes, or for int4 two codes per byte, low nibble
                          first, each as code + 8) and `embed.scale` (float32 per row); every other parameter
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from services.bitnet.core.quant import bitlinear_modules, convert_to_bitlinear
+from services.bitnet.core.quant import bitlinear_modules, convert_to_bitlinear, memory_init_parameters
 from shared.errors import FailedPreconditionError, InvalidSpecError
 from shared.storage.formats import load_tensors, save_tensors
 
@@ -74,7 +75,8 @@ def _sha256(path: Path) -> str:
 
 
 def save_packed(model: nn.Module, directory: str | Path, *, embedding: dict[str, Any], pack_format: str,
-                carry_from: str | Path | None = None, extra: dict[str, Any] | None = None) -> Path:
+                carry_from: str | Path | None = None, extra: dict[str, Any] | None = None,
+                memory_init_bits: int = 32, memory_init: dict[str, dict[str, Tensor]] | None = None) -> Path:
     """Write a frozen model (every BitLinear frozen) and its quantized embedding.
 
     embedding: {"bits": 4|8|16, "codes": int8 (V, d), "scale": float32 (V,)} (codes/scale absent for 16,
@@ -101,6 +103,16 @@ def save_packed(model: nn.Module, directory: str | Path, *, embedding: dict[str,
         tensors["embed.scale"] = embedding["scale"].float().cpu().contiguous()
     covered = {"embed.weight", "lm_head.weight"} | {f"{n}.{p}" for n in layers for p in
                                                     ("weight", "bias", "gain", "lam", "scale")}
+    inits = memory_init_parameters(model)
+    for name, p in inits.items():
+        if memory_init_bits == 8:
+            tensors[f"{name}.codes"] = memory_init[name]["codes"].cpu().contiguous()
+            tensors[f"{name}.scale"] = memory_init[name]["scale"].float().cpu().contiguous()
+        elif memory_init_bits == 16:
+            tensors[f"{name}.f16"] = p.detach().to(torch.float16).cpu().contiguous()
+        else:
+            continue
+        covered.add(name)
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
         if name not in covered and name in model.state_dict():
             tensors[name] = t.detach().float().cpu().contiguous()
@@ -112,6 +124,8 @@ def save_packed(model: nn.Module, directory: str | Path, *, embedding: dict[str,
     model.config.to_json_file(str(out / "config.json"))
     shapes = {n: [m.out_features, m.in_features] for n, m in layers.items()}
     manifest = {"format": FORMAT, "pack_format": pack_format, "embedding_bits": bits, "bitlinear": sorted(layers),
+                "memory_init_bits": memory_init_bits,
+                "memory_init_shapes": {n: list(p.shape) for n, p in inits.items()},
                 "shapes": shapes, "embedding_shape": list(model.embed.weight.shape), "sha256": _sha256(path),
                 **(extra or {})}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -182,6 +196,15 @@ def load_packed(directory: str | Path) -> nn.Module:
         if tuple(weight.shape) != shape:
             raise FailedPreconditionError(f"{root}: embedding {tuple(weight.shape)}, bitnet.json says {shape}")
         model.embed.weight.copy_(weight)
+    init_bits = int(manifest.get("memory_init_bits", 32))
+    for name, shape in manifest.get("memory_init_shapes", {}).items():
+        if init_bits == 8:
+            codes, scale = tensors[f"{name}.codes"], tensors[f"{name}.scale"]
+            tensors[name] = (codes.float() * scale[:, None]).reshape(shape)
+            used.update((f"{name}.codes", f"{name}.scale"))
+        elif init_bits == 16:
+            tensors[name] = tensors[f"{name}.f16"].float()
+            used.add(f"{name}.f16")
     rest = {k: v for k, v in tensors.items() if k not in used}
     own = {k for k in model.state_dict() if not k.startswith("lm_head.") and not k.startswith("embed.")
            and not any(k.startswith(f"{n}.") for n in layers)}

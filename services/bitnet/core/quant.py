@@ -42,7 +42,8 @@ from shared.errors import FailedPreconditionError, InvalidSpecError
 
 __all__ = [
     "BitLinear", "QUANTIZABLE", "activation_quant", "bitlinear_modules", "convert_to_bitlinear",
-    "get_compression_config", "get_conservative_compression_config", "measure_sparsity", "quantize_rows",
+    "get_compression_config", "get_conservative_compression_config", "measure_sparsity", "memory_init_parameters",
+    "quantize_memory_inits", "quantize_rows",
     "set_lambda", "ternary_codes", "weight_scale",
 ]
 
@@ -226,6 +227,32 @@ def quantize_rows(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     scale = (w.detach().float().abs().amax(1) / q).clamp(min=EPS)
     codes = (w.detach().float() / scale[:, None]).round().clamp(-q, q).to(torch.int8)
     return codes, scale
+
+
+MEMORY_INITS = ("memory.w1_init", "memory.w2_init")   # the neural memory's initial fast weights (parameters)
+
+
+def memory_init_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if any(n.endswith("." + s) for s in MEMORY_INITS)}
+
+
+def quantize_memory_inits(model: nn.Module, bits: int) -> dict[str, dict[str, Tensor]]:
+    """Store the memory's initial fast weights at `bits` (8: per-row int8 codes + scales; 16: float16; 32:
+    unchanged) and put the values they decode to back into the model (so what is measured is what is
+    stored). Returns {name: {"codes", "scale"}} for 8 bits, {} otherwise. The fast weights computed from them
+    at run time stay float."""
+    out: dict[str, dict[str, Tensor]] = {}
+    for name, p in memory_init_parameters(model).items():
+        with torch.no_grad():
+            if bits == 8:
+                codes, scale = quantize_rows(p.reshape(p.shape[0], -1), 8)
+                p.copy_((codes.float() * scale[:, None]).reshape(p.shape).to(p.dtype))
+                out[name] = {"codes": codes, "scale": scale}
+            elif bits == 16:
+                p.copy_(p.to(torch.float16).to(p.dtype))
+            elif bits != 32:
+                raise InvalidSpecError(f"must be 8, 16 or 32, got {bits}", field="memory_init_bits")
+    return out
 
 
 # == the checklist's configs ===================================================================================
