@@ -11,6 +11,9 @@ Both sides get the same inputs' shapes and the same torch thread count (recorded
 `ternary_linear(x_q int8, x_scale, w, w_scale)` with the best available backend (and the portable C++
 path for reference), each timed through its public Python call, so call overheads are included. Not
 included on either side: quantizing activations to int8 (its torch cost is reported once, for scale).
+A second table per thread count, at batch 1 (decode), times what a layer really runs from float32
+activations: F.linear vs `quant.activation_quant` in torch + `ternary_linear` vs the fused
+`ternary_linear_f32` (quantization inside the C++ kernel), and checks the last two are bit-identical.
 Each figure is the median over `--rounds` rounds of a ≥ 40 ms timing loop; rounds alternate between the
 kernels so a busy neighbour on the machine hits both. Sanity check: avx2 and portable outputs are
 compared for equality at every shape. Target (issue #10): decode speedup ≥ 3× (bitnet.cpp reports
@@ -35,7 +38,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from model_bench import trm_config  # noqa: E402
 
-from services.bitnet.core.kernel import available_backends, prepare_weight, ternary_linear  # noqa: E402
+from services.bitnet.core.kernel import (  # noqa: E402
+    available_backends,
+    prepare_weight,
+    ternary_linear,
+    ternary_linear_f32,
+)
+from services.bitnet.core.quant import activation_quant  # noqa: E402
 from shared.model.modeling import TRMTitansMAG  # noqa: E402
 
 
@@ -96,15 +105,25 @@ def measure(out: int, n: int, batch: int, best: str, rounds: int, min_s: float, 
     return {"t": t, "fp32_bytes": w32.numel() * 4, "packed_bytes": kw.nbytes, "same": same}
 
 
+def measure_fused(out: int, n: int, best: str, rounds: int, min_s: float) -> dict:
+    """Batch 1 from float32 activations: F.linear vs torch quantization + ternary_linear vs ternary_linear_f32."""
+    g = torch.Generator().manual_seed(out * 11 + n)
+    w32 = torch.randn(out, n, generator=g)
+    kw = prepare_weight(torch.randint(-1, 2, (out, n), generator=g, dtype=torch.int8))
+    x = torch.randn(1, n, generator=g)
+    fns = {"fp32": lambda: F.linear(x, w32),
+           "q+kernel": lambda: ternary_linear(*activation_quant(x), kw, 0.02, best),
+           "fused": lambda: ternary_linear_f32(x, kw, 0.02, best)}
+    same = torch.equal(fns["q+kernel"](), fns["fused"]())
+    with torch.no_grad():
+        t = compare(fns, rounds, min_s)
+    return {"t": t, "same": same}
+
+
 def quantize_cost(n: int, batch: int, rounds: int, min_s: float) -> float:
-    """Seconds for per-token absmax int8 quantization of a (batch, n) fp32 input in plain torch."""
+    """Seconds for per-token absmax int8 quantization of a (batch, n) fp32 input in torch (quant.activation_quant)."""
     x = torch.randn(batch, n)
-
-    def q():
-        s = 127.0 / x.abs().amax(dim=1, keepdim=True).clamp_min(1e-5)
-        return (x * s).round().clamp_(-127, 127).to(torch.int8), (1.0 / s).squeeze(1)
-
-    return compare({"q": q}, rounds, min_s)["q"]
+    return compare({"q": lambda: activation_quant(x)}, rounds, min_s)["q"]
 
 
 def cpu_busy_s() -> float:
@@ -139,12 +158,18 @@ def run_shapes(linears, best: str, rounds: int, min_s: float, llc_shape: tuple[i
             per_block[b][0] += k * r["t"]["fp32"]
             per_block[b][1] += k * r["t"][best]
             rows.append((", ".join(names[(o, i)]), o, i, b, r))
+    fused, fused_block = [], {"fp32": 0.0, "q+kernel": 0.0, "fused": 0.0}
+    for (o, i), k in counts.items():
+        r = measure_fused(o, i, best, rounds, min_s)
+        for key in fused_block:
+            fused_block[key] += k * r["t"][key]
+        fused.append((", ".join(names[(o, i)]), o, i, r))
     llc = []
     if llc_shape:
         o, i = llc_shape
         for b in (1, 64):
             llc.append(("larger than LLC", o, i, b, measure(o, i, b, best, rounds, min_s, portable=b == 1)))
-    return rows, per_block, llc
+    return rows, per_block, llc, fused, fused_block
 
 
 def main() -> None:
@@ -194,8 +219,12 @@ def main() -> None:
              f"- ternary = `ternary_linear` (int8 activations × 2-bit weights, int32 accumulate, float "
              f"epilogue), fp32 = `F.linear`; each figure the median per-call time over samples of "
              f"{args.rounds} alternating rounds", ""]
-    checks = []
-    for th, (rows, per_block, llc) in results.items():
+    def fused_line(label, o, i, t):
+        return (f"| {label} | {o}×{i} | {t['fp32'] * 1e3:.4f} | {t['q+kernel'] * 1e3:.4f} | {t['fused'] * 1e3:.4f} | "
+                f"{t['fp32'] / t['q+kernel']:.2f}× | **{t['fp32'] / t['fused']:.2f}×** |")
+
+    checks, fused_checks = [], []
+    for th, (rows, per_block, llc, fused, fused_block) in results.items():
         lines += [f"**{th} thread{'s' if th > 1 else ''}** (other processes used {max(others[th], 0):.2f} of the "
                   f"{os.cpu_count()} cores meanwhile)", "",
                   "| layer(s) | out×in | batch | F.linear fp32 ms | ternary ms | portable ms | speedup | "
@@ -206,11 +235,21 @@ def main() -> None:
             lines.append(f"| **one MAG block, all {len(linears)} Linear layers** | — | {b} | {f32 * 1e3:.4f} | "
                          f"{tk * 1e3:.4f} | — | **{f32 / tk:.2f}×** | — |")
         lines += [line(label, o, i, b, r) for label, o, i, b, r in llc]
+        lines += ["", f"From float32 activations, batch 1, {th} thread{'s' if th > 1 else ''} (`{best}`): "
+                  f"q+kernel = `ternary_linear(*activation_quant(x), …)`, fused = `ternary_linear_f32(x, …)`", "",
+                  "| layer(s) | out×in | F.linear fp32 ms | q+kernel ms | fused ms | speedup q+kernel | "
+                  "speedup fused |", "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [fused_line(label, o, i, r["t"]) for label, o, i, r in fused]
+        lines.append(fused_line(f"**one MAG block, all {len(linears)} Linear layers**", "—", "—", fused_block)
+                     .replace("| —×— |", "| — |"))
         lines.append("")
         checks += [r["same"] for *_, r in rows + llc if r["same"] is not None]
+        fused_checks += [r["same"] for *_, r in fused]
     lines += [f"check: `{best}` and `portable` outputs bit-identical at every shape: {all(checks)} "
               f"({len(checks)} compared). Not in the ternary figures: quantizing a 1 × 512 fp32 activation to "
-              f"int8 in plain torch ({default_threads} threads) costs {tq1 * 1e3:.4f} ms per call.", ""]
+              f"int8 in plain torch ({default_threads} threads) costs {tq1 * 1e3:.4f} ms per call. Fused and "
+              f"q+kernel outputs bit-identical at every shape: {all(fused_checks)} ({len(fused_checks)} compared).",
+              ""]
     emit("\n".join(lines), args.out)
 
 

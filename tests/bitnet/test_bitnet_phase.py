@@ -41,7 +41,7 @@ def upstream(tmp_path_factory, datasets_dir):
     assert dj.done.wait(300) and dj.state is JobState.SUCCEEDED, dj.error
     reg.shutdown()
     rd = JobRegistry(get_phase("reasoning_data"), store)
-    rj = rd.submit(JobRequest(request_id="r", phase="reasoning_data", seed=1, inputs=dj.artifacts),
+    rj = rd.submit(JobRequest(request_id="r-bitnet", phase="reasoning_data", seed=1, inputs=dj.artifacts),
                    CI.phases.reasoning_data)
     assert rj.done.wait(300) and rj.state is JobState.SUCCEEDED, rj.error
     rd.shutdown()

@@ -22,8 +22,10 @@ from services.bitnet.core.kernel import (
     prepare_weight,
     row_bytes,
     ternary_linear,
+    ternary_linear_f32,
     ternary_matmul_int,
 )
+from services.bitnet.core.quant import activation_quant
 from shared.errors import InvalidSpecError
 
 INS = (1, 3, 5, 31, 33, 127, 129, 257)
@@ -169,6 +171,159 @@ def test_scale_forms_give_the_same_floats():
     assert torch.equal(a, ternary_linear(x, xs, w, 0.1, "torch"))
 
 
+# -- ternary_linear_f32: activation quantization fused into the kernel --------------------------------------
+
+def floats_for(b, n, seed) -> torch.Tensor:
+    """Rows of very different magnitudes (incl. one tiny row below the 1e-6 amax clamp when b > 2)."""
+    g = torch.Generator().manual_seed(seed + 3)
+    mags = torch.logspace(-3, 3, b)[torch.randperm(b, generator=g)]
+    x = torch.randn(b, n, generator=g) * mags[:, None]
+    if b > 2:
+        x[1] *= 1e-5
+    return x
+
+
+def composed(x, w, ws):
+    return ternary_linear(*activation_quant(x), w, ws, "torch")
+
+
+def identity_weight(n) -> KernelWeight:
+    """With this weight and w_scale 1, y[b, i] = code[b, i] · scale[b]: the codes can be read back."""
+    return prepare_weight(torch.eye(n, dtype=torch.int8))
+
+
+def test_fused_equals_quantize_then_kernel(cpp_backends):
+    seed = 100
+    for n in INS + (2048 + 33,):
+        for out in OUTS:
+            w = prepare_weight(codes_for(out, n, seed))
+            for b in BATCHES:
+                seed += 1
+                x, ws = floats_for(b, n, seed), 0.01 + seed * 1e-4
+                want = composed(x, w, ws)
+                assert torch.equal(ternary_linear_f32(x, w, ws, "torch"), want)
+                for be in cpp_backends:
+                    got = ternary_linear_f32(x, w, ws, be)
+                    assert got.dtype == torch.float32 and got.shape == (b, out)
+                    assert torch.equal(got, want), (be, b, out, n)
+                    assert torch.equal(got, ternary_linear(*activation_quant(x), w, ws, be)), (be, b, out, n)
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0, 2.0 ** -20, 2.0 ** 30])
+def test_exact_halves_round_to_even(cpp_backends, scale):
+    # x = (k + ½)·scale with amax = 127·scale, so x / scale hits every half from −127.5 to 126.5 exactly
+    n = 256 + 40                                                       # vector body and scalar tail
+    halves = torch.arange(-127, 127, dtype=torch.float32) + 0.5        # 254 values
+    row = torch.cat([halves, halves[:n - 256], torch.tensor([127.0, -127.0])]) * scale
+    x = torch.stack([row, row.flip(0), -row])
+    w = identity_weight(n)
+    codes, s = activation_quant(x)
+    assert torch.equal(s, torch.full((3,), scale, dtype=torch.float32))
+    assert torch.equal(codes[0, :254], torch.round(halves).to(torch.int8))
+    assert codes[0, 127] == 0 and codes[0, 128] == 2 and codes[0, 126] == 0 and codes[0, 125] == -2  # ±½, 1½
+    want = composed(x, w, 1.0)
+    assert torch.equal(want, codes.float() * s[:, None])
+    for be in cpp_backends:
+        assert torch.equal(ternary_linear_f32(x, w, 1.0, be), want), be
+
+
+def test_division_not_reciprocal_multiply(cpp_backends):
+    # values where x * (1/scale) and x / scale round to different integers: a kernel that multiplies by the
+    # reciprocal (what -ffast-math would do) fails here
+    amax = torch.tensor(100.0)
+    s = amax / 127
+    k = torch.arange(-126, 126, dtype=torch.float32) + 0.5
+    cand = (k[:, None] * s + torch.arange(-4, 5)[None, :] * torch.finfo(torch.float32).eps * k.abs()[:, None] * s)
+    cand = cand.flatten()
+    differ = cand[torch.round(cand / s) != torch.round(cand * (1 / s))]
+    assert differ.numel() >= 8
+    x = torch.cat([differ[:200], amax.reshape(1)])[None].repeat(2, 1)
+    x[1] = x[1].flip(0)
+    w = prepare_weight(codes_for(5, x.shape[1], 0))
+    want = composed(x, w, 0.5)
+    idw = identity_weight(x.shape[1])
+    for be in cpp_backends:
+        assert torch.equal(ternary_linear_f32(x, w, 0.5, be), want), be
+        assert torch.equal(ternary_linear_f32(x, idw, 1.0, be), composed(x, idw, 1.0)), be
+
+
+def test_zero_tiny_and_huge_rows(cpp_backends):
+    for n in (5, 40, 300):
+        g = torch.Generator().manual_seed(n)
+        r = torch.randn(n, generator=g)
+        x = torch.stack([
+            torch.zeros(n),                                            # amax 0 → the 1e-6 clamp, codes 0
+            r * 1e-7,                                                  # amax < 1e-6: clamped scale
+            r * 1e-40,                                                 # subnormal inputs
+            r / r.abs().max() * 1e-6,                                  # amax exactly at the clamp
+            r / r.abs().max() * torch.finfo(torch.float32).max,        # amax = FLT_MAX
+            r * 1e36,
+            torch.full((n,), -3e38),
+        ])
+        for w in (prepare_weight(codes_for(9, n, n)), identity_weight(n)):
+            want = composed(x, w, 1.0)
+            assert torch.equal(want[0], torch.zeros(w.out_features))
+            for be in cpp_backends:
+                assert torch.equal(ternary_linear_f32(x, w, 1.0, be), want), (be, n)
+    codes, _ = activation_quant(x[1:2])
+    assert codes.abs().max() > 1                                       # the clamp row really is quantized
+
+
+def test_fused_avx2_equals_portable(cpp_backends):
+    if "avx2" not in cpp_backends:
+        pytest.skip("this CPU has no AVX2: only the portable C++ path runs")
+    for seed, (b, out, n) in enumerate([(1, 512, 512), (64, 64, 2048), (3, 33, 1000), (17, 5, 64), (2, 3, 7)]):
+        w = prepare_weight(codes_for(out, n, seed))
+        x = floats_for(b, n, seed)
+        assert torch.equal(ternary_linear_f32(x, w, 0.37, "avx2"), ternary_linear_f32(x, w, 0.37, "portable"))
+
+
+def test_fused_other_dtypes_and_threads(cpp_backends):
+    w = prepare_weight(codes_for(300, 2048, 4))
+    x = floats_for(64, 2048, 4)
+    for dt in (torch.float64, torch.bfloat16):
+        xd = x.to(dt)
+        want = ternary_linear(*activation_quant(xd), w, 0.2, "torch")  # quantized from the original dtype
+        for be in cpp_backends + ["torch"]:
+            assert torch.equal(ternary_linear_f32(xd, w, 0.2, be), want), (be, dt)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = {be: ternary_linear_f32(x, w, 0.2, be) for be in cpp_backends}
+        torch.set_num_threads(2)
+        for be in cpp_backends:
+            assert torch.equal(ternary_linear_f32(x, w, 0.2, be), one[be])
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_fused_rejects_non_finite(bad):
+    for n, pos in ((5, 3), (300, 7), (300, 290)):                      # scalar tail and vector body
+        w = prepare_weight(codes_for(4, n, 0))
+        x = torch.randn(3, n)
+        x[2, pos] = bad
+        for be in available_backends():
+            with pytest.raises(InvalidSpecError) as e:
+                ternary_linear_f32(x, w, 1.0, be)
+            assert e.value.field == "x" and "[2]" in str(e.value), be
+
+
+def test_fused_bad_inputs():
+    w = prepare_weight(codes_for(4, 6, 0))
+    for x in (torch.zeros(2, 6, dtype=torch.int8), torch.zeros(6), torch.zeros(2, 5), [[0.0] * 6]):
+        with pytest.raises(InvalidSpecError) as e:
+            ternary_linear_f32(x, w, 1.0)
+        assert e.value.field == "x"
+    with pytest.raises(InvalidSpecError) as e:
+        ternary_linear_f32(torch.zeros(2, 6), w, 1.0, backend="cuda")
+    assert e.value.field == "backend"
+    assert ternary_linear_f32(torch.zeros(0, 6), w, 1.0).shape == (0, 4)
+    xt = torch.randn(6, 3).T                                            # (3, 6), non-contiguous
+    assert not xt.is_contiguous()
+    assert torch.equal(ternary_linear_f32(xt, w, 1.0), composed(xt.contiguous(), w, 1.0))
+
+
 def _allocated_bytes(fn) -> int:
     """Bytes handed out by torch's CPU allocator during fn() (the profiler's memory events; nested ops count
     again in their parents, so this over-counts, which is the safe side for an upper bound)."""
@@ -190,6 +345,10 @@ def test_no_out_by_in_allocation(cpp_backends):
             assert used < out * n * 2 and used <= b * out * 4 + 4096, (be, b, used)
             used = _allocated_bytes(lambda: ternary_matmul_int(x, w, be))
             assert used < out * n * 2 and used <= b * out * 4 + 4096, (be, b, used)
+            # the fused path: only the output through torch's allocator (its int8 codes live in C++ scratch)
+            xf = floats_for(b, n, 7)
+            used = _allocated_bytes(lambda: ternary_linear_f32(xf, w, 0.5, be))
+            assert used <= b * out * 4 + 4096, (be, b, used)
 
 
 def test_bad_inputs_raise_invalid_spec():

@@ -36,7 +36,7 @@ def upstream(tmp_path_factory, datasets_dir):
                      CI.phases.datasets.model_copy(update={"mirror_dir": str(datasets_dir)}))
     assert dj.done.wait(300) and dj.state is JobState.SUCCEEDED, dj.error
     rd = JobRegistry(get_phase("reasoning_data"), store)
-    rj = rd.submit(JobRequest(request_id="r", phase="reasoning_data", seed=1, inputs=dj.artifacts),
+    rj = rd.submit(JobRequest(request_id="r-quietstar", phase="reasoning_data", seed=1, inputs=dj.artifacts),
                    CI.phases.reasoning_data)
     assert rj.done.wait(300) and rj.state is JobState.SUCCEEDED, rj.error
     data.shutdown()

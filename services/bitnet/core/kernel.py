@@ -3,6 +3,7 @@
     w = prepare_weight(codes)                        # once per layer; codes int8 (out, in) in {-1, 0, 1}
     acc = ternary_matmul_int(x_q, w)                 # int32 (B, out), exact Σ_i x_q[b, i]·codes[o, i]
     y = ternary_linear(x_q, x_scale, w, w_scale)     # float32 (B, out) = (float(acc) * x_scale[b]) * w_scale
+    y = ternary_linear_f32(x, w, w_scale)            # float x (B, in): absmax int8 quantization fused in, then ↑
 
 Backends (`available_backends()`, best first):
 - "avx2": services/bitnet/csrc/ternary.cpp with AVX2 intrinsics; listed only when the CPU has AVX2.
@@ -26,7 +27,13 @@ code 1 (w = 0) past `in`. row_bytes = 32q + 8·ceil(r/32) < ceil(in/4) + 8.
 Activations: any int8 value is exact (the kernels are correct for −128 too, though absmax quantization only
 produces [−127, 127]); in ≤ 2^24 keeps the int32 accumulators exact.
 Float epilogue, the same order in every backend: y = (acc.to(float32) * x_scale[:, None]) * w_scale, with
-w_scale rounded to float32 first, so all backends give bit-identical floats. Inference only: nothing here
+w_scale rounded to float32 first, so all backends give bit-identical floats.
+`ternary_linear_f32(x, w, w_scale)` equals `ternary_linear(*quant.activation_quant(x), w, w_scale)` bit for
+bit in every backend ("torch" is exactly that composition); the C++ backends quantize each row (amax in
+float32, clamped at 1e-6, scale = amax / 127, true division, round half to even, clamp to ±127) into a
+per-call scratch buffer, parallel over batch rows, without an int8 (B, in) tensor reaching Python. Rows
+holding NaN or ±inf raise InvalidSpecError in every backend (torch's NaN → int8 cast is undefined).
+Inference only: nothing here
 is differentiable (training goes through BitLinear's straight-through float path).
 """
 
@@ -229,3 +236,36 @@ def ternary_linear(x_q: Tensor, x_scale: Tensor, w: KernelWeight, w_scale, backe
         acc = _reference_int(x, w)
         return acc.to(torch.float32) * xs[:, None] * torch.tensor(ws, dtype=torch.float32)
     return _ext.linear(x, xs, w.data, w.in_features, ws, _CPP_ID[name])
+
+
+def _nonfinite_error(x: Tensor) -> InvalidSpecError:
+    rows = (~torch.isfinite(x)).any(dim=1).nonzero().flatten().tolist()
+    return InvalidSpecError(f"x rows {rows[:8]} hold NaN or inf: absmax int8 quantization is undefined for them",
+                            field="x")
+
+
+def ternary_linear_f32(x: Tensor, w: KernelWeight, w_scale, backend: str | None = None) -> Tensor:
+    """float32 (B, out) = ternary_linear(*activation_quant(x), w, w_scale), bit-identical in every backend, with
+    the per-token absmax int8 quantization done inside the C++ kernel. x: floating (B, in), computed in float32
+    (other float dtypes are converted first, which gives the same codes and scales). NaN/inf → InvalidSpecError."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 2:
+        what = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise InvalidSpecError(f"x must be a floating (B, in) tensor, got {what}", field="x")
+    if x.shape[1] != w.in_features:
+        raise InvalidSpecError(f"x has {x.shape[1]} features, the weight expects {w.in_features}", field="x")
+    if w.in_features > 2**24:
+        raise InvalidSpecError("in_features > 2^24 could overflow int32 accumulators", field="in_features")
+    if x.dtype is not torch.float32 or not x.is_cpu or not x.is_contiguous() or x.requires_grad:
+        x = x.detach().cpu().to(torch.float32).contiguous()
+    ws = _w_scale32(w_scale)
+    name = _pick(backend)
+    if name == "torch":
+        if not bool(torch.isfinite(x).all()):
+            raise _nonfinite_error(x)
+        from services.bitnet.core.quant import activation_quant
+        x_q, x_scale = activation_quant(x)
+        return ternary_linear(x_q, x_scale, w, ws, "torch")
+    try:
+        return _ext.linear_f32(x, w.data, w.in_features, ws, _CPP_ID[name])
+    except ValueError:       # the kernel's only ValueError: a row with NaN or inf
+        raise _nonfinite_error(x) from None

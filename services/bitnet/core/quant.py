@@ -155,12 +155,12 @@ class BitLinear(nn.Module):
         self.frozen = True
 
     def _forward_frozen(self, x: Tensor) -> Tensor:
-        from services.bitnet.core.kernel import ternary_linear
+        from services.bitnet.core.kernel import ternary_linear_f32
 
         shape = x.shape
         xn, r = self._normed(x.reshape(-1, self.in_features))
-        codes, s = activation_quant(xn)
-        y = ternary_linear(codes.cpu(), s.cpu(), self._kernel, float(self.scale)).to(x.device)
+        # activation_quant fused into the kernel (bit-identical to activation_quant + ternary_linear)
+        y = ternary_linear_f32(xn.cpu(), self._kernel, float(self.scale)).to(x.device)
         y = y.to(r.dtype) * r
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)

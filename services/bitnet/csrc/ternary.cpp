@@ -20,10 +20,18 @@
 //
 // Float epilogue (identical in every backend and in the torch reference):
 //   y = (float(acc) * x_scale[b]) * w_scale, two separately rounded float32 multiplies.
+//
+// linear_f32 first quantizes float32 activations per token (row of x) into a per-call scratch buffer,
+// bit-identical to services.bitnet.core.quant.activation_quant: amax = max_i |x[b,i]| in float32, clamped
+// below at 1e-6f; scale = amax / 127.0f; q = clamp(nearbyint(x / scale), −127, 127) with round half to even.
+// True IEEE divisions throughout (this file must not be built with -ffast-math / -freciprocal-math).
+// Rows holding NaN or ±inf are rejected (ValueError) rather than given torch's undefined NaN → int8 cast.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cfloat>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -130,6 +138,31 @@ void rows_portable(const uint8_t* w, const Activations& a, const Geometry& g, in
     for (int64_t b = 0; b < a.B; ++b)
       sink.put(b, o, wrap_sub(static_cast<int32_t>(dot_portable(wrow, a.row(b, g.in), a.tail_row(b), g)), a.sum[b]));
   }
+}
+
+constexpr float kActEps = 1e-6f;   // quant.EPS as float32 (torch's clamp(min=1e-6) on a float32 tensor)
+constexpr float kActMax = 127.0f;  // quant.ACT_MAX
+
+inline int8_t quant_one(float v, float scale) {
+  float r = std::nearbyint(v / scale);  // the default rounding mode: to nearest, ties to even (torch.round)
+  r = std::min(std::max(r, -kActMax), kActMax);
+  return static_cast<int8_t>(static_cast<int32_t>(r));
+}
+
+// One row of per-token absmax quantization (see the header); false when the row holds NaN or ±inf.
+bool quant_row_portable(const float* x, int64_t n, int8_t* q, float* scale_out) {
+  float amax = 0.0f;
+  bool finite = true;
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    finite &= a <= FLT_MAX;  // false for inf and NaN
+    amax = a > amax ? a : amax;
+  }
+  if (!finite) return false;
+  const float scale = std::max(amax, kActEps) / kActMax;
+  for (int64_t i = 0; i < n; ++i) q[i] = quant_one(x[i], scale);
+  *scale_out = scale;
+  return true;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -256,6 +289,58 @@ AF_AVX2 void rows_avx2(const uint8_t* w, const Activations& a, const Geometry& g
     }
   }
 }
+
+AF_AVX2 inline __m256i quant8_avx2(const float* p, __m256 scale) {
+  const __m256 lim = _mm256_set1_ps(kActMax);
+  __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(p), scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  v = _mm256_min_ps(_mm256_max_ps(v, _mm256_sub_ps(_mm256_setzero_ps(), lim)), lim);
+  return _mm256_cvtps_epi32(v);  // exact: v is integral
+}
+
+// quant_row_portable with 8-wide abs-max, division and rounding (same float ops, same results).
+AF_AVX2 bool quant_row_avx2(const float* x, int64_t n, int8_t* q, float* scale_out) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 fmax = _mm256_set1_ps(FLT_MAX);
+  __m256 m[4], bad = _mm256_setzero_ps();
+  for (auto& v : m) v = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    for (int k = 0; k < 4; ++k) {
+      const __m256 a = _mm256_and_ps(_mm256_loadu_ps(x + i + 8 * k), absmask);
+      bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ));  // > FLT_MAX or unordered: inf, NaN
+      m[k] = _mm256_max_ps(m[k], a);
+    }
+  }
+  for (; i + 8 <= n; i += 8) {
+    const __m256 a = _mm256_and_ps(_mm256_loadu_ps(x + i), absmask);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ));
+    m[0] = _mm256_max_ps(m[0], a);
+  }
+  if (_mm256_movemask_ps(bad)) return false;
+  float lanes[8];
+  _mm256_storeu_ps(lanes, _mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3])));
+  float amax = 0.0f;
+  for (float a : lanes) amax = a > amax ? a : amax;
+  for (; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    if (!(a <= FLT_MAX)) return false;
+    amax = a > amax ? a : amax;
+  }
+  const float scale = std::max(amax, kActEps) / kActMax;
+  const __m256 vs = _mm256_set1_ps(scale);
+  // 4 × 8 int32 → 32 int8: the two saturating packs interleave 128-bit lanes; the permute restores order
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32) {
+    const __m256i ab = _mm256_packs_epi32(quant8_avx2(x + j, vs), quant8_avx2(x + j + 8, vs));
+    const __m256i cd = _mm256_packs_epi32(quant8_avx2(x + j + 16, vs), quant8_avx2(x + j + 24, vs));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + j),
+                        _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), order));
+  }
+  for (; j < n; ++j) q[j] = quant_one(x[j], scale);
+  *scale_out = scale;
+  return true;
+}
 #endif  // AF_X86
 
 bool cpu_has_avx2() {
@@ -269,24 +354,30 @@ bool cpu_has_avx2() {
 
 enum Backend : int64_t { kPortable = 0, kAvx2 = 1 };
 
-void run(const torch::Tensor& x, const torch::Tensor& w, int64_t in_features, int64_t backend, const Sink& sink_in,
-         int64_t out_features) {
+void check_weight(const torch::Tensor& w, int64_t in_features, int64_t backend) {
   const Geometry g(in_features);
-  TORCH_CHECK(x.dtype() == torch::kInt8 && x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(),
-              "x must be a contiguous CPU int8 (B, in) tensor");
-  TORCH_CHECK(x.size(1) == in_features, "x has ", x.size(1), " features, the weight expects ", in_features);
   TORCH_CHECK(w.dtype() == torch::kUInt8 && w.dim() == 2 && w.is_contiguous() && w.device().is_cpu(),
               "weight must be a contiguous CPU uint8 (out, row_bytes) tensor");
-  TORCH_CHECK(w.size(0) == out_features && w.size(1) == g.row_bytes, "weight shape (", w.size(0), ", ", w.size(1),
-              ") does not match out=", out_features, " in=", in_features, " (row_bytes ", g.row_bytes, ")");
+  TORCH_CHECK(w.size(1) == g.row_bytes, "weight shape (", w.size(0), ", ", w.size(1), ") does not match in=",
+              in_features, " (row_bytes ", g.row_bytes, ")");
   TORCH_CHECK(in_features <= (int64_t(1) << 24), "in_features > 2^24 could overflow the int32 accumulators");
   TORCH_CHECK(backend == kPortable || backend == kAvx2, "unknown backend id ", backend);
   TORCH_CHECK(backend != kAvx2 || cpu_has_avx2(), "the avx2 backend needs a CPU with AVX2");
-  const int64_t B = x.size(0);
+}
+
+void check_x(const torch::Tensor& x, c10::ScalarType dtype, int64_t in_features, const char* what) {
+  TORCH_CHECK(x.dtype() == dtype && x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(),
+              "x must be a contiguous CPU ", what, " (B, in) tensor");
+  TORCH_CHECK(x.size(1) == in_features, "x has ", x.size(1), " features, the weight expects ", in_features);
+}
+
+// The matmul over B rows of int8 activations x (B, in), results into sink; arguments already checked.
+void run(const int8_t* x, int64_t B, const torch::Tensor& w, int64_t in_features, int64_t backend, const Sink& sink) {
+  const Geometry g(in_features);
+  const int64_t out_features = w.size(0);
   if (B == 0 || out_features == 0) return;
-  const Activations a(x.data_ptr<int8_t>(), B, g);
+  const Activations a(x, B, g);
   const uint8_t* wp = w.data_ptr<uint8_t>();
-  const Sink sink = sink_in;
   // ≥ 2^17 weight·activation products (~2 µs) per task: a second thread costs ~1 µs to start here
   const int64_t work_per_row = std::max<int64_t>(1, B * std::max<int64_t>(in_features, 1));
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / work_per_row);
@@ -302,28 +393,68 @@ void run(const torch::Tensor& x, const torch::Tensor& w, int64_t in_features, in
 }
 
 torch::Tensor matmul_int(const torch::Tensor& x, const torch::Tensor& w, int64_t in_features, int64_t backend) {
+  check_weight(w, in_features, backend);
+  check_x(x, torch::kInt8, in_features, "int8");
   const int64_t out_features = w.size(0);
   auto acc = torch::empty({x.size(0), out_features}, torch::dtype(torch::kInt32));
   Sink sink;
   sink.acc = acc.data_ptr<int32_t>();
   sink.ld = out_features;
-  run(x, w, in_features, backend, sink, out_features);
+  run(x.data_ptr<int8_t>(), x.size(0), w, in_features, backend, sink);
   return acc;
 }
 
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& x_scale, const torch::Tensor& w, int64_t in_features,
                      double w_scale, int64_t backend) {
-  const int64_t out_features = w.size(0);
+  check_weight(w, in_features, backend);
+  check_x(x, torch::kInt8, in_features, "int8");
   TORCH_CHECK(x_scale.dtype() == torch::kFloat32 && x_scale.dim() == 1 && x_scale.is_contiguous() &&
                   x_scale.device().is_cpu() && x_scale.size(0) == x.size(0),
               "x_scale must be a contiguous float32 (B,) tensor");
+  const int64_t out_features = w.size(0);
   auto y = torch::empty({x.size(0), out_features}, torch::dtype(torch::kFloat32));
   Sink sink;
   sink.y = y.data_ptr<float>();
   sink.x_scale = x_scale.data_ptr<float>();
   sink.w_scale = static_cast<float>(w_scale);
   sink.ld = out_features;
-  run(x, w, in_features, backend, sink, out_features);
+  run(x.data_ptr<int8_t>(), x.size(0), w, in_features, backend, sink);
+  return y;
+}
+
+// Per-token absmax quantization of float32 x (B, in) into scratch (see the header), then `linear`.
+torch::Tensor linear_f32(const torch::Tensor& x, const torch::Tensor& w, int64_t in_features, double w_scale,
+                         int64_t backend) {
+  check_weight(w, in_features, backend);
+  check_x(x, torch::kFloat32, in_features, "float32");
+  const int64_t B = x.size(0), out_features = w.size(0);
+  std::vector<int8_t> q(static_cast<size_t>(B * in_features));
+  std::vector<float> scale(static_cast<size_t>(B));
+  std::vector<uint8_t> ok(static_cast<size_t>(B), 1);
+  const float* xp = x.data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(in_features, 1));
+  at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* xr = xp + b * in_features;
+      int8_t* qr = q.data() + b * in_features;
+#ifdef AF_X86
+      if (backend == kAvx2) {
+        ok[b] = quant_row_avx2(xr, in_features, qr, &scale[b]);
+        continue;
+      }
+#endif
+      ok[b] = quant_row_portable(xr, in_features, qr, &scale[b]);
+    }
+  });
+  for (int64_t b = 0; b < B; ++b)
+    TORCH_CHECK_VALUE(ok[b], "x row ", b, " holds NaN or inf: absmax int8 quantization is undefined for it");
+  auto y = torch::empty({B, out_features}, torch::dtype(torch::kFloat32));
+  Sink sink;
+  sink.y = y.data_ptr<float>();
+  sink.x_scale = scale.data();
+  sink.w_scale = static_cast<float>(w_scale);
+  sink.ld = out_features;
+  run(q.data(), B, w, in_features, backend, sink);
   return y;
 }
 
@@ -337,4 +468,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("backend"));
   m.def("linear", &linear, "(float(acc) * x_scale[b]) * w_scale", py::arg("x"), py::arg("x_scale"), py::arg("w"),
         py::arg("in_features"), py::arg("w_scale"), py::arg("backend"));
+  m.def("linear_f32", &linear_f32, "per-token absmax int8 quantization of float32 x, then linear", py::arg("x"),
+        py::arg("w"), py::arg("in_features"), py::arg("w_scale"), py::arg("backend"));
 }
