@@ -28,7 +28,8 @@ Stages (the checklist's, quantization-aware):
 3. Recovery (fine_tune_compressed): when the drop is > 5%, `recovery_epochs` passes over the recovery set.
 4. When the drop is still > 10%: start again from the Phase-3 model with get_conservative_compression_config.
 5. Freeze (ternary codes → packed; reverted blocks become plain Linear again), embeddings and the tied head
-   per row to `embedding_bits`, the memory's initial fast weights to `memory_init_bits`; final NLL on the frozen integer path; save, reload, logits checked equal.
+   per row to `embedding_bits`, the memory's initial fast weights to `memory_init_bits`; final NLL on the
+   frozen integer path; save, reload, logits checked equal.
 
 Reported (gate metrics first):
   bitnet/compression_ratio         whole artifact: fp32 bytes of the input model / bytes of packed.safetensors
@@ -38,7 +39,8 @@ Reported (gate metrics first):
                                    head once, one embedding row)
   bitnet/bitlinear_compression_ratio, bitnet/accuracy_drop, bitnet/sparsity, bitnet/model_size_mb,
   bitnet/nll_fp, bitnet/nll_compressed, bitnet/quantization_nll_cost (NLL at the final λ minus the same
-  weights in full precision: the quantizers' own cost, training excluded), bitnet/reverted_blocks, bitnet/recovery_ran, bitnet/conservative,
+  latent weights in full precision: negative when QAT fitted them to their ternary form),
+  bitnet/reverted_blocks, bitnet/recovery_ran, bitnet/conservative,
   bitnet/reload_logits_max_abs_diff (0 when the reloaded model equals the in-memory one),
   bitnet/thinking_tokens_present ("What is 2+2?" answered with [thinking] … [/endthinking], the checklist's
   post-Phase-4 test), bitnet/gsm8k_acc, bitnet/arc_acc, bitnet/piqa_acc (the benchmark suite; speed lives
@@ -60,8 +62,8 @@ import torch.nn.functional as F
 from services.bitnet.core.packed import PACKED, load_packed, save_packed
 from services.bitnet.core.quant import (
     QUANTIZABLE, BitLinear, bitlinear_modules, convert_to_bitlinear, get_compression_config,
-    get_conservative_compression_config, measure_sparsity, quantize_memory_inits, quantize_rows, set_lambda, ternary_codes,
-    weight_scale,
+    get_conservative_compression_config, measure_sparsity, memory_init_parameters, quantize_memory_inits,
+    quantize_rows, set_lambda, ternary_codes, weight_scale,
 )
 from services.quietstar.core.artifact import load_quietstar
 from shared.data.prepared import load_split, verify_prepared
@@ -260,13 +262,17 @@ def bitlinear_ratio(model) -> float:
     return fp / packed
 
 
-def bytes_per_token(model, *, packed: bool, embedding_bits: int) -> float:
+def bytes_per_token(model, *, packed: bool, embedding_bits: int, memory_init_bits: int = 32) -> float:
     """Weight bytes one decode step reads: every linear weight (ternary packed or fp32), the tied head once at
-    its storage width, one embedding row, the norms/biases/gains at fp32."""
+    its storage width, one embedding row, the memory's initial fast weights at their storage width, the
+    norms/biases/gains at fp32."""
     layers = bitlinear_modules(model) if packed else {}
+    inits = memory_init_parameters(model)
     total = 0.0
     for name, p in model.named_parameters():
-        if name.startswith("embed."):
+        if name in inits:
+            total += p.numel() * ((memory_init_bits / 8) if packed else 4)
+        elif name.startswith("embed."):
             v, d = p.shape
             width = (embedding_bits / 8) if packed else 4
             total += v * d * width + d * width            # the head reads all rows; the lookup reads one
@@ -450,7 +456,7 @@ class BitNetRunner:
             M + "compression_ratio": fp32_bytes(original) / packed_bytes,
             M + "ternary_fraction": ternary / max(1, quantizable),
             M + "bytes_per_token_reduction": bytes_per_token(original, packed=False, embedding_bits=bits)
-            / bytes_per_token(model, packed=True, embedding_bits=bits),
+            / bytes_per_token(model, packed=True, embedding_bits=bits, memory_init_bits=int(spec.memory_init_bits)),
             M + "model_size_mb": packed_bytes / 2 ** 20,
             M + "nll_fp": nll_fp,
             M + "nll_compressed": nll_q,
@@ -458,8 +464,9 @@ class BitNetRunner:
             M + "recovery_ran": float(report["recovery_ran"]),
             M + "conservative": float(bool(config.get("conservative", False))),
             M + "reload_logits_max_abs_diff": diff,
-            # NLL the quantizers cost on the final weights (vs the same weights in full precision): QAT also
-            # trains, so nll_compressed − nll_fp mixes training into the drop; this does not
+            # NLL at the final λ minus the same latent weights in full precision. QAT also trains, so
+            # nll_compressed − nll_fp mixes training into the drop; this does not — it is negative when
+            # QAT fitted the latent weights to their ternary form
             M + "quantization_nll_cost": report["quantization_nll_cost"],
         }
         if bitlinear_modules(model):      # undefined when every block was reverted: absent, not 0

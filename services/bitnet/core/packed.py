@@ -4,7 +4,8 @@ everything else float32 — one safetensors file and JSON, never a pickle.
 Folder layout (`save_packed`):
 
     packed.safetensors   the memory's initial fast weights per `memory_init_bits` (`<name>.codes` int8 +
-                         `<name>.scale` per row, or `<name>.f16`, or float32 under its name); per BitLinear `<name>.packed` (uint8, the flat packing of services.bitnet.core.pack:
+                         `<name>.scale` per row, or `<name>.f16`, or float32 under its name); per BitLinear
+                         `<name>.packed` (uint8, the flat packing of services.bitnet.core.pack:
                          exactly ceil(n/4) or ceil(n/5) bytes), `<name>.scale` (γ, float32), `<name>.gain`,
                          `<name>.bias`; `embed.codes` (int8 codes, or for int4 two codes per byte, low nibble
                          first, each as code + 8) and `embed.scale` (float32 per row); every other parameter
