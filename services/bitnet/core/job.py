@@ -335,7 +335,7 @@ class BitNetRunner:
                                               spec, gain_fp, vocab)
             ctx.progress("freezing and packing", fraction=0.8)
             metrics = self.finish(ctx, tel, work, src, original, model, report, config, spec, evaluation_batches,
-                                  test, tokenizer, phase3, gain_fp, nll_fp, vocab, evaluation)
+                                  test, tokenizer, gain_fp, nll_fp, vocab, evaluation)
             with ctx.open_artifact("model", kind="model", tokenizer="tokenizer", parents=[src_ref],
                                    config={**model.config.to_dict(), "bitnet": report["config"]}) as w:
                 for f in sorted((work / "packed").iterdir()):
@@ -411,7 +411,7 @@ class BitNetRunner:
                        "quantization_nll_cost": nll_q - nll_latent}
 
     def finish(self, ctx, tel, work, src, original, model, report, config, spec, evaluation, test, tokenizer,
-               phase3, gain_fp, nll_fp, vocab, ev) -> dict[str, float]:
+               gain_fp, nll_fp, vocab, ev) -> dict[str, float]:
         # reverted blocks (λ = 0) become plain Linear again; the rest freeze to ternary codes
         for name, m in list(bitlinear_modules(model).items()):
             if float(m.lam) < 1.0:

@@ -276,12 +276,12 @@ class QuietStarRunner:
                                                  state["head_optimizer_meta"]),
                     rng["generator"], rng["torch"])
                 log.info("resuming RL after step %d", state["rl"]["steps"])
-            rl_state = self.reinforce(ctx, tel, model, head, reference, baked_tensors, tokenizer, tokens, train, val,
+            rl_state, val_rows = self.reinforce(ctx, tel, model, head, reference, baked_tensors, tokenizer, tokens, train, val,
                                       spec, state, rl_resume, device)
 
             # 6. the published model, measured
             ctx.progress("final evaluation", fraction=0.85)
-            metrics = self.final_metrics(model, head, tokenizer, tokens, val, gsm8k, spec, state, rl_state)
+            metrics = self.final_metrics(model, head, tokenizer, tokens, val, gsm8k, spec, state, rl_state, val_rows)
             tel.summary(metrics)
             ctx.progress("publishing", fraction=0.97, metrics=metrics)
             settings = {"thought_length": spec.thought_length, "num_thoughts": spec.num_thoughts,
@@ -337,7 +337,7 @@ class QuietStarRunner:
                 "teacher_unchanged": result.teacher_unchanged}
 
     def reinforce(self, ctx, tel, model, head, reference, baked_tensors, tokenizer, tokens, train, val, spec,
-                  state, resume, device) -> dict[str, Any]:
+                  state, resume, device) -> tuple[dict[str, Any], torch.Tensor]:
         rows = pack_rows(tokenizer, train, spec.rl_seq_len, seed=spec.seed).to(device)
         val_rows = pack_rows(tokenizer, val, spec.rl_seq_len, seed=None)[:max(THEATER_ROWS, spec.rl_batch_size)]
         val_rows = val_rows.to(device)
@@ -382,13 +382,12 @@ class QuietStarRunner:
                                 reward_threshold=spec.reward_threshold, check_every=spec.anti_theater_every,
                                 seed=spec.seed, max_grad_norm=GRAD_CLIP, on_step=on_step, on_check=on_check,
                                 on_checkpoint=on_checkpoint, resume=resume)
-        state["val_rows"] = val_rows
-        return result.state()
+        return result.state(), val_rows
 
-    def final_metrics(self, model, head, tokenizer, tokens, val, gsm8k, spec, state, rl_state) -> dict[str, float]:
+    def final_metrics(self, model, head, tokenizer, tokens, val, gsm8k, spec, state, rl_state,
+                      val_rows) -> dict[str, float]:
         model.eval()
         head.eval()
-        val_rows = state.pop("val_rows")
         theater = measure_theater(model, head, val_rows, num_thoughts=spec.num_thoughts, length=spec.thought_length,
                                   n_future=spec.lookahead_tokens, tokens=tokens,
                                   generator=torch.Generator(device=val_rows.device).manual_seed(spec.seed + 2))
