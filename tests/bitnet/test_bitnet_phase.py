@@ -180,3 +180,13 @@ def test_generate_chat_and_export_on_the_packed_model(upstream, done, tmp_path, 
     assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x"]) != 0
     err = capsys.readouterr().err
     assert "--model" in err and "Traceback" not in err
+
+
+def test_a_block_that_costs_more_than_max_layer_drop_is_reverted_to_full_precision(upstream):
+    store, inputs, *_ = upstream
+    job = run_bitnet(store, inputs, "b-strict", spec=SPEC.model_copy(update={"max_layer_drop": 1e-6}))
+    assert job.state is JobState.SUCCEEDED, job.error
+    m = job.metrics
+    assert any(s.endswith("(reverted)") for s in job.stages)
+    assert m["bitnet/reverted_blocks"] >= 1 and m["bitnet/ternary_fraction"] < 1.0   # the gate that forbids it fails
+    assert m["bitnet/reload_logits_max_abs_diff"] == 0.0                             # reverted layers reload too
