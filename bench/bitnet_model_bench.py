@@ -70,7 +70,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bitnet-model-bench-") as tmp:
         packed_models = {}
-        for fmt, bits, init_bits in (("2bit", 8, 32), ("2bit", 8, 8), ("2bit", 4, 8), ("base3", 4, 8)):
+        for fmt, bits, init_bits in (("2bit", 8, 32), ("2bit", 8, 8), ("2bit", 4, 8), ("base3", 4, 8),
+                                     ("2bit", 4, 4), ("base3", 4, 4)):
             model = copy.deepcopy(fp)
             convert_to_bitlinear(model)
             layers = bitlinear_modules(model)
@@ -103,7 +104,7 @@ def main() -> None:
         "| packing | embeddings | memory init | packed.safetensors | whole artifact vs fp32 | BitLinear-only vs fp32 "
         "| limit |",
         "|---|---|---|---:|---:|---:|---:|",
-        *[f"| {fmt} | int{bits} | {'int8 rows' if ib == 8 else f'float{ib}'} | {size / 2**20:.2f} MiB | {whole:.2f}× "
+        *[f"| {fmt} | int{bits} | {f'int{ib} rows' if ib in (4, 8) else f'float{ib}'} | {size / 2**20:.2f} MiB | {whole:.2f}× "
           f"| {bl:.2f}× | 20.25× |" for fmt, bits, ib, size, whole, bl in rows],
         "",
         f"Decode, context {args.context} + {args.new_tokens} new tokens, batch 1, greedy, no cache (best of 2):",

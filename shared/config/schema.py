@@ -288,8 +288,9 @@ class BitNetConfig(Section):
     recovery_epochs: NonNegInt
     max_layer_drop: Fraction
     seed: Seed
-    memory_init_bits: Literal[8, 16, 32] = Field(
-        description="storage of the neural memory's initial fast weights (per-row int8, float16 or float32); "
+    memory_init_bits: Literal[4, 8, 16, 32] = Field(
+        description="storage of the neural memory's initial fast weights (per-row int4 or int8, float16 or "
+                    "float32); "
                     "the fast weights themselves are computed in float at run time")
 
 

@@ -83,7 +83,8 @@ def compressed(pack_format="2bit", bits=8, seed=0, init_bits=32):
     return model, {"bits": bits, "codes": codes, "scale": scale}
 
 
-@pytest.mark.parametrize("pack_format,bits,init_bits", [("2bit", 8, 32), ("base3", 4, 8), ("2bit", 4, 16)])
+@pytest.mark.parametrize("pack_format,bits,init_bits", [("2bit", 8, 32), ("base3", 4, 8), ("2bit", 4, 16),
+                                                        ("2bit", 4, 4)])
 def test_a_reloaded_packed_model_gives_exactly_the_in_memory_logits(tmp_path, pack_format, bits, init_bits):
     model, emb = compressed(pack_format, bits, init_bits=init_bits)
     assert memory_init_parameters(model)

@@ -427,20 +427,23 @@ class BitNetRunner:
         ternary = sum(m.out_features * m.in_features for m in bitlinear_modules(model).values())
         quantizable = sum(p.numel() for n, p in original.named_parameters()
                           if n.endswith(".weight") and any(n[:-len(".weight")].endswith("." + s) for s in QUANTIZABLE))
-        bits = int(spec.embedding_bits)
+        # the conservative config keeps embeddings and memory inits at 8 bits at least
+        floor = 8 if config.get("conservative") else 0
+        bits = max(int(spec.embedding_bits), floor)
+        init_bits = max(int(spec.memory_init_bits), floor)
         embedding = {"bits": bits}
         if bits != 16:
             codes, scale = quantize_rows(model.embed.weight, bits)
             with torch.no_grad():
                 model.embed.weight.copy_(codes.float() * scale[:, None])
             embedding.update(codes=codes, scale=scale)
-        memory_init = quantize_memory_inits(model, int(spec.memory_init_bits))
+        memory_init = quantize_memory_inits(model, init_bits)
         model.eval()
         nll_q = heldout_nll(model, evaluation)
         if not bitlinear_modules(model):
             log.warning("every block was reverted to full precision: nothing is ternary")
         out_dir = save_packed(model, work / "packed", embedding=embedding, pack_format=spec.pack_format,
-                              memory_init_bits=int(spec.memory_init_bits), memory_init=memory_init,
+                              memory_init_bits=init_bits, memory_init=memory_init,
                               carry_from=src, extra={"size_category": config["size_category"],
                                                      "conservative": bool(config.get("conservative", False))})
         reloaded = load_packed(out_dir)
@@ -456,7 +459,7 @@ class BitNetRunner:
             M + "compression_ratio": fp32_bytes(original) / packed_bytes,
             M + "ternary_fraction": ternary / max(1, quantizable),
             M + "bytes_per_token_reduction": bytes_per_token(original, packed=False, embedding_bits=bits)
-            / bytes_per_token(model, packed=True, embedding_bits=bits, memory_init_bits=int(spec.memory_init_bits)),
+            / bytes_per_token(model, packed=True, embedding_bits=bits, memory_init_bits=init_bits),
             M + "model_size_mb": packed_bytes / 2 ** 20,
             M + "nll_fp": nll_fp,
             M + "nll_compressed": nll_q,

@@ -3,8 +3,8 @@ everything else float32 — one safetensors file and JSON, never a pickle.
 
 Folder layout (`save_packed`):
 
-    packed.safetensors   the memory's initial fast weights per `memory_init_bits` (`<name>.codes` int8 +
-                         `<name>.scale` per row, or `<name>.f16`, or float32 under its name); per BitLinear
+    packed.safetensors   the memory's initial fast weights per `memory_init_bits` (`<name>.codes` int8, or
+                         int4 as two per byte like the embedding, + `<name>.scale` per row, or `<name>.f16`, or float32 under its name); per BitLinear
                          `<name>.packed` (uint8, the flat packing of services.bitnet.core.pack:
                          exactly ceil(n/4) or ceil(n/5) bytes), `<name>.scale` (γ, float32), `<name>.gain`,
                          `<name>.bias`; `embed.codes` (int8 codes, or for int4 two codes per byte, low nibble
@@ -53,17 +53,17 @@ def pack_nibbles(codes: Tensor) -> Tensor:
     return (pairs[:, 0] | (pairs[:, 1] << 4)).to(torch.uint8)
 
 
-def unpack_nibbles(packed: Tensor, shape: tuple[int, ...]) -> Tensor:
+def unpack_nibbles(packed: Tensor, shape: tuple[int, ...], field: str = "embed.codes") -> Tensor:
     n = 1
     for s in shape:
         n *= s
     if packed.numel() != (n + 1) // 2:
         raise InvalidSpecError(f"{packed.numel()} bytes hold {2 * packed.numel()} nibbles, shape {shape} needs "
-                               f"{n}", field="embed.codes")
+                               f"{n}", field=field)
     b = packed.to(torch.int16)
     codes = torch.stack([b & 0xF, b >> 4], 1).reshape(-1)[:n] - 8
     if (codes.abs() > 7).any():
-        raise InvalidSpecError("an int4 code outside [−7, 7]: corrupt embedding codes", field="embed.codes")
+        raise InvalidSpecError(f"an int4 code outside [−7, 7]: corrupt {field}", field=field)
     return codes.to(torch.int8).reshape(shape)
 
 
@@ -106,8 +106,9 @@ def save_packed(model: nn.Module, directory: str | Path, *, embedding: dict[str,
                                                     ("weight", "bias", "gain", "lam", "scale")}
     inits = memory_init_parameters(model)
     for name, p in inits.items():
-        if memory_init_bits == 8:
-            tensors[f"{name}.codes"] = memory_init[name]["codes"].cpu().contiguous()
+        if memory_init_bits in (4, 8):
+            codes = memory_init[name]["codes"].cpu()
+            tensors[f"{name}.codes"] = codes.contiguous() if memory_init_bits == 8 else pack_nibbles(codes)
             tensors[f"{name}.scale"] = memory_init[name]["scale"].float().cpu().contiguous()
         elif memory_init_bits == 16:
             tensors[f"{name}.f16"] = p.detach().to(torch.float16).cpu().contiguous()
@@ -199,9 +200,11 @@ def load_packed(directory: str | Path) -> nn.Module:
         model.embed.weight.copy_(weight)
     init_bits = int(manifest.get("memory_init_bits", 32))
     for name, shape in manifest.get("memory_init_shapes", {}).items():
-        if init_bits == 8:
-            codes, scale = tensors[f"{name}.codes"], tensors[f"{name}.scale"]
-            tensors[name] = (codes.float() * scale[:, None]).reshape(shape)
+        if init_bits in (4, 8):
+            scale = tensors[f"{name}.scale"]
+            rows = (shape[0], int(torch.tensor(shape[1:]).prod()) if len(shape) > 1 else 1)
+            codes = tensors[f"{name}.codes"] if init_bits == 8 else unpack_nibbles(tensors[f"{name}.codes"], rows, field=f"{name}.codes")
+            tensors[name] = (codes.float().reshape(rows) * scale[:, None]).reshape(shape)
             used.update((f"{name}.codes", f"{name}.scale"))
         elif init_bits == 16:
             tensors[name] = tensors[f"{name}.f16"].float()

@@ -237,21 +237,21 @@ def memory_init_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def quantize_memory_inits(model: nn.Module, bits: int) -> dict[str, dict[str, Tensor]]:
-    """Store the memory's initial fast weights at `bits` (8: per-row int8 codes + scales; 16: float16; 32:
-    unchanged) and put the values they decode to back into the model (so what is measured is what is
-    stored). Returns {name: {"codes", "scale"}} for 8 bits, {} otherwise. The fast weights computed from them
+    """Store the memory's initial fast weights at `bits` (4 / 8: per-row int4 / int8 codes + scales; 16:
+    float16; 32: unchanged) and put the values they decode to back into the model (so what is measured is
+    what is stored). Returns {name: {"codes", "scale"}} for 4 and 8 bits, {} otherwise. The fast weights computed from them
     at run time stay float."""
     out: dict[str, dict[str, Tensor]] = {}
     for name, p in memory_init_parameters(model).items():
         with torch.no_grad():
-            if bits == 8:
-                codes, scale = quantize_rows(p.reshape(p.shape[0], -1), 8)
+            if bits in (4, 8):
+                codes, scale = quantize_rows(p.reshape(p.shape[0], -1), bits)
                 p.copy_((codes.float() * scale[:, None]).reshape(p.shape).to(p.dtype))
                 out[name] = {"codes": codes, "scale": scale}
             elif bits == 16:
                 p.copy_(p.to(torch.float16).to(p.dtype))
             elif bits != 32:
-                raise InvalidSpecError(f"must be 8, 16 or 32, got {bits}", field="memory_init_bits")
+                raise InvalidSpecError(f"must be 4, 8, 16 or 32, got {bits}", field="memory_init_bits")
     return out
 
 
@@ -276,8 +276,9 @@ def get_compression_config(size_category: str) -> dict[str, Any]:
 
 def get_conservative_compression_config(size_category: str) -> dict[str, Any]:
     """What the checklist falls back to when the drop exceeds 10%: the memory projections (whose outputs set
-    the fast-weight updates and their rates) stay full precision, embeddings stay int8, and the target is
-    lowered by a quarter (the checklist accepts 0.75 × target)."""
+    the fast-weight updates and their rates) stay full precision, embeddings and the memory's initial fast
+    weights are stored at 8 bits at least, and the target is lowered by a quarter (the checklist accepts
+    0.75 × target)."""
     cfg = get_compression_config(size_category)
     cfg.update(preserve_layers=["memory.to_k", "memory.to_v", "memory.to_q", "memory.to_rates"],
                target_compression=cfg["target_compression"] * 0.75, embedding_bits=8, conservative=True)
