@@ -67,6 +67,28 @@ def main() -> None:
                 steps = sum(s) / len(s)
         return args.new_tokens / best, steps
 
+    def linear_share(model, layer_names) -> tuple[float, float]:
+        """(seconds of one forward over the context, seconds of it inside the converted linear layers), timed
+        with forward hooks, after one warm-up forward."""
+        spent = [0.0]
+        hooks = []
+        for n in layer_names:
+            m = model.get_submodule(n)
+            hooks.append(m.register_forward_pre_hook(lambda mod, _i: setattr(mod, "_t0", time.perf_counter())))
+            hooks.append(m.register_forward_hook(
+                lambda mod, _i, _o: spent.__setitem__(0, spent[0] + time.perf_counter() - mod._t0)))
+        try:
+            with torch.no_grad():
+                model(ids, act_threshold=1.0)
+                spent[0] = 0.0
+                t = time.perf_counter()
+                model(ids, act_threshold=1.0)
+                return time.perf_counter() - t, spent[0]
+        finally:
+            for h in hooks:
+                h.remove()
+
+    names = convert_to_bitlinear(copy.deepcopy(fp))       # the layers the packed model converts
     rows = []
     with tempfile.TemporaryDirectory(prefix="bitnet-model-bench-") as tmp:
         packed_models = {}
@@ -91,8 +113,10 @@ def main() -> None:
             rows.append((fmt, bits, init_bits, size, fp_bytes / size, bl_fp / bl_packed))
             packed_models[(fmt, bits, init_bits)] = out
         fp_rate, fp_steps = decode(fp)
+        fp_split = linear_share(fp, names)
         q = load_packed(packed_models[("2bit", 8, 32)])
         q_rate, q_steps = decode(q)
+        q_split = linear_share(q, names)
     lines = [
         f"## bitnet_model_bench — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         machine_line(),
@@ -114,6 +138,14 @@ def main() -> None:
         f"| fp32 | {fp_rate:.3f} | {fp_steps:.2f} |",
         f"| packed (2bit, int8 embeddings, float32 memory init) | {q_rate:.3f} | {q_steps:.2f} |",
         f"| **speedup** | **{q_rate / fp_rate:.2f}×** | |",
+        "",
+        f"Where one forward over the {args.context} context tokens goes (forward hooks on the {len(names)} converted "
+        "layers; no KV cache, so every decode step recomputes the whole sequence and the layers see that many rows):",
+        "",
+        "| model | forward s | in the converted linear layers s | share |",
+        "|---|---:|---:|---:|",
+        f"| fp32 | {fp_split[0]:.3f} | {fp_split[1]:.3f} | {fp_split[1] / fp_split[0]:.0%} |",
+        f"| packed | {q_split[0]:.3f} | {q_split[1]:.3f} | {q_split[1] / q_split[0]:.0%} |",
         "",
     ]
     emit("\n".join(lines) + "\n", args.out)
