@@ -22,26 +22,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine_line, offline_env  # noqa: E402 - bench/ is not a package
+from common import emit, machine_line, offline_env, run_phase_job  # noqa: E402 - bench/ is not a package
 
 
 def quietstar_model(profile, root: Path):
     from quietstar_bench import upstream
 
-    from shared.runtime import JobRegistry, JobRequest, JobState, get_phase
     from shared.storage.manifest import ArtifactRef
 
     store, inputs = upstream(profile, root)
     saved = root / "quietstar.json"
     if saved.is_file():
         return store, tuple(ArtifactRef.from_dict(d) for d in json.loads(saved.read_text()))
-    reg = JobRegistry(get_phase("quietstar"), store)
-    job = reg.submit(JobRequest(request_id="bench-quietstar-upstream", phase="quietstar", seed=1, inputs=inputs,
-                                evaluation=profile.evaluation.model_dump()), profile.phases.quietstar)
-    ok = job.done.wait(7200)
-    reg.shutdown()
-    if not ok or job.state is not JobState.SUCCEEDED:
-        raise SystemExit(f"quietstar failed: {job.error}")
+    job, _, _ = run_phase_job(store, profile, "quietstar", inputs, profile.phases.quietstar,
+                              "bench-quietstar-upstream")
     refs = (*job.artifacts, *(r for r in inputs if r.name in ("reasoning_data", "datasets", "tokenizer")))
     saved.write_text(json.dumps([r.to_dict() for r in refs]))
     return store, refs
@@ -58,23 +52,15 @@ def main() -> None:
     import torch
 
     from shared.config import load_profile
-    from shared.runtime import JobRegistry, JobRequest, JobState, get_phase
 
     profile = load_profile(args.profile)
     with tempfile.TemporaryDirectory(prefix="bitnet-bench-") as tmp:
         root = Path(args.upstream) if args.upstream else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         store, inputs = quietstar_model(profile, root)
-        reg = JobRegistry(get_phase("bitnet"), store)
         t0 = time.time()
-        job = reg.submit(JobRequest(request_id=f"bench-bitnet-{int(t0)}", phase="bitnet", seed=1, inputs=inputs,
-                                    evaluation=profile.evaluation.model_dump()), profile.phases.bitnet)
-        ok = job.done.wait(7200)
-        events = list(reg.watch(job.job_id))
-        reg.shutdown()
-        total = time.time() - t0
-        if not ok or job.state is not JobState.SUCCEEDED:
-            raise SystemExit(f"bitnet failed: {job.error}")
+        job, events, total = run_phase_job(store, profile, "bitnet", inputs, profile.phases.bitnet,
+                                           f"bench-bitnet-{int(t0)}")
     marks: list[tuple[str, float]] = [("start", t0)]
     for e in events:
         if e.stage and (not marks or marks[-1][0] != e.stage):

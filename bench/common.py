@@ -61,3 +61,23 @@ def offline_env() -> None:
         os.environ.setdefault(var, "1")
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def run_phase_job(store, profile, phase: str, inputs, spec, request_id: str):
+    """Run one phase's job in this process with the profile's evaluation settings: (the finished job, its
+    progress events, wall seconds). A job that does not succeed ends the bench with its error."""
+    import time
+
+    from shared.runtime import JobRegistry, JobRequest, JobState, get_phase
+
+    reg = JobRegistry(get_phase(phase), store)
+    t0 = time.time()
+    job = reg.submit(JobRequest(request_id=request_id, phase=phase, seed=1, inputs=tuple(inputs),
+                                evaluation=profile.evaluation.model_dump()), spec)
+    ok = job.done.wait(7200)
+    events = list(reg.watch(job.job_id))
+    reg.shutdown()
+    seconds = time.time() - t0
+    if not ok or job.state is not JobState.SUCCEEDED:
+        raise SystemExit(f"{phase} failed: {job.error}")
+    return job, events, seconds

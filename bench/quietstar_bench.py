@@ -25,14 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine_line, offline_env  # noqa: E402 - bench/ is not a package
+from common import emit, machine_line, offline_env, run_phase_job  # noqa: E402 - bench/ is not a package
 
 STAGES = ("baking", "measuring the baked model", "RL", "final evaluation", "publishing")
 
 
 def upstream(profile, root: Path):
     """(store, input refs): the profile's datasets, reasoning_data, cognate and evomerge outputs in `root`."""
-    from shared.runtime import JobRegistry, JobRequest, JobState, get_phase
     from shared.storage import LocalStore
     from shared.storage.manifest import ArtifactRef
 
@@ -40,18 +39,10 @@ def upstream(profile, root: Path):
     saved = root / "inputs.json"
     if saved.is_file():
         return store, tuple(ArtifactRef.from_dict(d) for d in json.loads(saved.read_text()))
-    evaluation = profile.evaluation.model_dump()
 
     def run(phase, inputs, spec):
-        t = time.perf_counter()
-        reg = JobRegistry(get_phase(phase), store)
-        job = reg.submit(JobRequest(request_id=f"bench-{phase}", phase=phase, seed=1, inputs=inputs,
-                                    evaluation=evaluation), spec)
-        ok = job.done.wait(7200)
-        reg.shutdown()
-        if not ok or job.state is not JobState.SUCCEEDED:
-            raise SystemExit(f"{phase} failed: {job.error}")
-        print(f"upstream {phase}: {time.perf_counter() - t:.0f} s", flush=True)
+        job, _, seconds = run_phase_job(store, profile, phase, inputs, spec, f"bench-{phase}")
+        print(f"upstream {phase}: {seconds:.0f} s", flush=True)
         return job.artifacts
 
     mirror = (Path(__file__).resolve().parents[1] / profile.phases.datasets.mirror_dir).resolve()
@@ -75,24 +66,15 @@ def main() -> None:
     import torch
 
     from shared.config import load_profile
-    from shared.runtime import JobRegistry, JobRequest, JobState, get_phase
 
     profile = load_profile(args.profile)
     with tempfile.TemporaryDirectory(prefix="quietstar-bench-") as tmp:
         root = Path(args.upstream) if args.upstream else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         store, inputs = upstream(profile, root)
-        reg = JobRegistry(get_phase("quietstar"), store)
         t0 = time.time()
-        job = reg.submit(JobRequest(request_id=f"bench-quietstar-{int(t0)}", phase="quietstar", seed=1,
-                                    inputs=inputs, evaluation=profile.evaluation.model_dump()),
-                         profile.phases.quietstar)
-        ok = job.done.wait(7200)
-        events = list(reg.watch(job.job_id))
-        reg.shutdown()
-        total = time.time() - t0
-        if not ok or job.state is not JobState.SUCCEEDED:
-            raise SystemExit(f"quietstar failed: {job.error}")
+        job, events, total = run_phase_job(store, profile, "quietstar", inputs, profile.phases.quietstar,
+                                           f"bench-quietstar-{int(t0)}")
     first = {}
     for e in events:
         first.setdefault(e.stage, e.time)
