@@ -8,15 +8,17 @@ they are the real ones: attention q/k/v/o, MLP up/down, the memory's to_k/to_v/t
 batch 1 (decode: one token) and 64, plus one matrix whose fp32 weights are larger than the last-level cache
 (`--llc-shape`, default 16384 × 8192 = 512 MiB fp32 vs the 480 MiB L3 seen here; 32 MiB packed).
 Both sides get the same inputs' shapes and the same torch thread count (recorded): F.linear(x fp32, W fp32) vs
-`ternary_linear(x_q int8, x_scale, w, w_scale)` with the best available backend (and the portable C++
-path for reference), each timed through its public Python call, so call overheads are included. Not
+`ternary_linear(x_q int8, x_scale, w, w_scale)` with the best available backend (avx512vnni where the CPU
+has it), the AVX2 path beside it (the previous best) and the portable C++ path for reference, each timed
+through its public Python call, so call overheads are included. Not
 included on either side: quantizing activations to int8 (its torch cost is reported once, for scale).
 A second table per thread count, at batch 1 (decode), times what a layer really runs from float32
 activations: F.linear vs `quant.activation_quant` in torch + `ternary_linear` vs the fused
-`ternary_linear_f32` (quantization inside the C++ kernel), and checks the last two are bit-identical.
+`ternary_linear_f32(x, w, scale)` (quantization inside the C++ kernel; the default-backend call BitLinear
+makes, which skips the Python-side checks), and checks the last two are bit-identical.
 Each figure is the median over `--rounds` rounds of a ≥ 40 ms timing loop; rounds alternate between the
-kernels so a busy neighbour on the machine hits both. Sanity check: avx2 and portable outputs are
-compared for equality at every shape. Target (issue #10): decode speedup ≥ 3× (bitnet.cpp reports
+kernels so a busy neighbour on the machine hits both. Sanity check: the best backend's and the portable
+outputs are compared for equality at every shape. Target (issue #10): decode speedup ≥ 3× (bitnet.cpp reports
 2.37–6.17× on x86). Appends to bench/RESULTS.md (or --out).
 """
 
@@ -94,6 +96,8 @@ def measure(out: int, n: int, batch: int, best: str, rounds: int, min_s: float, 
     x_q = torch.randint(-127, 128, (batch, n), generator=g, dtype=torch.int8)
     x_scale = torch.rand(batch, generator=g) + 0.5
     fns = {"fp32": lambda: F.linear(x, w32), best: lambda: ternary_linear(x_q, x_scale, kw, 0.02, best)}
+    if best not in ("avx2", "portable") and "avx2" in available_backends():
+        fns["avx2"] = lambda: ternary_linear(x_q, x_scale, kw, 0.02, "avx2")   # the previous best, side by side
     if portable and best != "portable":
         fns["portable"] = lambda: ternary_linear(x_q, x_scale, kw, 0.02, "portable")
     same = None
@@ -113,7 +117,7 @@ def measure_fused(out: int, n: int, best: str, rounds: int, min_s: float) -> dic
     x = torch.randn(1, n, generator=g)
     fns = {"fp32": lambda: F.linear(x, w32),
            "q+kernel": lambda: ternary_linear(*activation_quant(x), kw, 0.02, best),
-           "fused": lambda: ternary_linear_f32(x, kw, 0.02, best)}
+           "fused": lambda: ternary_linear_f32(x, kw, 0.02)}    # the default call, as BitLinear makes it
     same = torch.equal(fns["q+kernel"](), fns["fused"]())
     with torch.no_grad():
         t = compare(fns, rounds, min_s)
@@ -205,13 +209,14 @@ def main() -> None:
     def line(label, o, i, b, r):
         t = r["t"]
         port = f"{t['portable'] * 1e3:.4f}" if "portable" in t and best != "portable" else "—"
-        return (f"| {label} | {o}×{i} | {b} | {t['fp32'] * 1e3:.4f} | {t[best] * 1e3:.4f} | {port} | "
+        avx2 = f"{t['avx2'] * 1e3:.4f}" if "avx2" in t else "—"
+        return (f"| {label} | {o}×{i} | {b} | {t['fp32'] * 1e3:.4f} | {t[best] * 1e3:.4f} | {avx2} | {port} | "
                 f"**{t['fp32'] / t[best]:.2f}×** | {mib(r['fp32_bytes'])} → {mib(r['packed_bytes'])} |")
 
     lines = [f"## bitnet_kernel_bench — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "", machine_line(),
              f"- torch {torch.__version__}; torch threads {', '.join(map(str, thread_counts))} (one table each; "
              f"F.linear and the kernel always get the same count; the kernel splits output rows with "
-             f"at::parallel_for); backends {backends}, timed: `{best}` and `portable`; extension load "
+             f"at::parallel_for); backends {backends}, timed: `{best}`, `avx2` (the previous best) and `portable`; extension load "
              f"{t_build:.1f} s; load average {load0[0]:.2f} before, {load1[0]:.2f} after ({wall:.0f} s of runs)",
              f"- shapes: every nn.Linear of one MAG block of the `default` profile (hidden 512), and a "
              f"{llc_shape[0]}×{llc_shape[1]} matrix larger than the last-level cache (L3 reported as 480 MiB)"
@@ -227,16 +232,17 @@ def main() -> None:
     for th, (rows, per_block, llc, fused, fused_block) in results.items():
         lines += [f"**{th} thread{'s' if th > 1 else ''}** (other processes used {max(others[th], 0):.2f} of the "
                   f"{os.cpu_count()} cores meanwhile)", "",
-                  "| layer(s) | out×in | batch | F.linear fp32 ms | ternary ms | portable ms | speedup | "
-                  "weights read fp32 → ternary |", "|---|---|---:|---:|---:|---:|---:|---|"]
+                  f"| layer(s) | out×in | batch | F.linear fp32 ms | ternary `{best}` ms | avx2 ms | portable ms | "
+                  "speedup | weights read fp32 → ternary |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
         lines += [line(label, o, i, b, r) for label, o, i, b, r in rows]
         for b in (1, 64):
             f32, tk = per_block[b]
             lines.append(f"| **one MAG block, all {len(linears)} Linear layers** | — | {b} | {f32 * 1e3:.4f} | "
-                         f"{tk * 1e3:.4f} | — | **{f32 / tk:.2f}×** | — |")
+                         f"{tk * 1e3:.4f} | — | — | **{f32 / tk:.2f}×** | — |")
         lines += [line(label, o, i, b, r) for label, o, i, b, r in llc]
         lines += ["", f"From float32 activations, batch 1, {th} thread{'s' if th > 1 else ''} (`{best}`): "
-                  f"q+kernel = `ternary_linear(*activation_quant(x), …)`, fused = `ternary_linear_f32(x, …)`", "",
+                  f"q+kernel = `ternary_linear(*activation_quant(x), …)`, fused = `ternary_linear_f32(x, w, scale)` (the "
+                  f"default backend, as BitLinear calls it)", "",
                   "| layer(s) | out×in | F.linear fp32 ms | q+kernel ms | fused ms | speedup q+kernel | "
                   "speedup fused |", "|---|---|---:|---:|---:|---:|---:|"]
         lines += [fused_line(label, o, i, r["t"]) for label, o, i, r in fused]
@@ -245,7 +251,7 @@ def main() -> None:
         lines.append("")
         checks += [r["same"] for *_, r in rows + llc if r["same"] is not None]
         fused_checks += [r["same"] for *_, r in fused]
-    lines += [f"check: `{best}` and `portable` outputs bit-identical at every shape: {all(checks)} "
+    lines += [f"check: `{best}`, `avx2` and `portable` outputs bit-identical at every shape: {all(checks)} "
               f"({len(checks)} compared). Not in the ternary figures: quantizing a 1 × 512 fp32 activation to "
               f"int8 in plain torch ({default_threads} threads) costs {tq1 * 1e3:.4f} ms per call. Fused and "
               f"q+kernel outputs bit-identical at every shape: {all(fused_checks)} ({len(fused_checks)} compared).",

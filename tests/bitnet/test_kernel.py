@@ -7,6 +7,7 @@ build error as the reason; the "torch" reference tests still run.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -130,14 +131,26 @@ def test_extreme_activations(cpp_backends, value):
                 assert torch.equal(ternary_matmul_int(x, w, be), ref), (be, n, wv, value)
 
 
-def test_avx2_and_portable_agree(cpp_backends):
-    if "avx2" not in cpp_backends:
-        pytest.skip("this CPU has no AVX2: only the portable C++ path runs")
-    for seed, (b, out, n) in enumerate([(1, 512, 512), (64, 64, 2048), (3, 33, 1000), (17, 5, 64)]):
-        w = prepare_weight(codes_for(out, n, seed))
-        x, xs = acts_for(b, n, seed, -128, 127), scales_for(b, seed)
-        assert torch.equal(ternary_matmul_int(x, w, "avx2"), ternary_matmul_int(x, w, "portable"))
-        assert torch.equal(ternary_linear(x, xs, w, 0.37, "avx2"), ternary_linear(x, xs, w, 0.37, "portable"))
+SIMD = ("avx512vnni", "avx2")
+# B = 1 takes the VNNI path's eight-row tile; odd/even counts of 128-blocks, tails, remainders of 8 rows.
+SIMD_SHAPES = [(1, 512, 512), (64, 64, 2048), (3, 33, 1000), (17, 5, 64), (1, 17, 384), (1, 24, 256), (1, 9, 1152),
+               (1, 8, 640), (5, 13, 130), (2, 3, 7)]
+
+
+def simd_or_skip(cpp_backends) -> list[str]:
+    found = [b for b in SIMD if b in cpp_backends]
+    if not found:
+        pytest.skip("this CPU has neither AVX-512 VNNI nor AVX2: only the portable C++ path runs")
+    return found
+
+
+def test_simd_paths_and_portable_agree(cpp_backends):
+    for be in simd_or_skip(cpp_backends):
+        for seed, (b, out, n) in enumerate(SIMD_SHAPES):
+            w = prepare_weight(codes_for(out, n, seed))
+            x, xs = acts_for(b, n, seed, -128, 127), scales_for(b, seed)
+            assert torch.equal(ternary_matmul_int(x, w, be), ternary_matmul_int(x, w, "portable")), (be, b, out, n)
+            assert torch.equal(ternary_linear(x, xs, w, 0.37, be), ternary_linear(x, xs, w, 0.37, "portable"))
 
 
 def test_threads_do_not_change_results(cpp_backends):
@@ -156,7 +169,8 @@ def test_threads_do_not_change_results(cpp_backends):
 
 def test_default_backend_is_the_best_available():
     backends = available_backends()
-    assert backends[-1] == "torch" and set(backends) <= {"avx2", "portable", "torch"}
+    assert backends[-1] == "torch" and set(backends) <= {"avx512vnni", "avx2", "portable", "torch"}
+    assert backends == [b for b in K.BACKENDS if b in backends]                    # best first
     w = prepare_weight(codes_for(3, 10, 0))
     x = acts_for(2, 10, 0)
     assert torch.equal(ternary_matmul_int(x, w), ternary_matmul_int(x, w, backends[0]))
@@ -269,13 +283,59 @@ def test_zero_tiny_and_huge_rows(cpp_backends):
     assert codes.abs().max() > 1                                       # the clamp row really is quantized
 
 
-def test_fused_avx2_equals_portable(cpp_backends):
-    if "avx2" not in cpp_backends:
-        pytest.skip("this CPU has no AVX2: only the portable C++ path runs")
-    for seed, (b, out, n) in enumerate([(1, 512, 512), (64, 64, 2048), (3, 33, 1000), (17, 5, 64), (2, 3, 7)]):
-        w = prepare_weight(codes_for(out, n, seed))
-        x = floats_for(b, n, seed)
-        assert torch.equal(ternary_linear_f32(x, w, 0.37, "avx2"), ternary_linear_f32(x, w, 0.37, "portable"))
+def test_fused_simd_equals_portable(cpp_backends):
+    for be in simd_or_skip(cpp_backends):
+        for seed, (b, out, n) in enumerate(SIMD_SHAPES):
+            w = prepare_weight(codes_for(out, n, seed))
+            x = floats_for(b, n, seed)
+            assert torch.equal(ternary_linear_f32(x, w, 0.37, be), ternary_linear_f32(x, w, 0.37, "portable"))
+
+
+def test_default_fast_path_equals_checked_path_and_still_explains(cpp_backends):
+    """backend=None calls the C++ kernel without the Python checks; what it refuses takes the checked path."""
+    w = prepare_weight(codes_for(40, 300, 5))
+    x = floats_for(3, 300, 5)
+    best = available_backends()[0]
+    assert torch.equal(ternary_linear_f32(x, w, 0.37), ternary_linear_f32(x, w, 0.37, best))
+    assert torch.equal(ternary_linear_f32(x.double(), w, 0.37), ternary_linear_f32(x, w, 0.37, best))
+    wide = floats_for(3, 600, 5)[:, ::2]                                               # not contiguous
+    assert torch.equal(ternary_linear_f32(wide, w, 0.37), ternary_linear_f32(wide.contiguous(), w, 0.37, best))
+    assert torch.equal(ternary_linear_f32(x, w, torch.tensor(0.37)), ternary_linear_f32(x, w, 0.37, best))
+    assert torch.equal(ternary_linear_f32(x.requires_grad_(), w, 0.37), ternary_linear_f32(x, w, 0.37, best))
+    bad = x.detach().clone()
+    bad[1, 7] = float("nan")
+    with pytest.raises(InvalidSpecError, match=r"rows \[1\]"):
+        ternary_linear_f32(bad, w, 0.37)
+    with pytest.raises(InvalidSpecError, match="301 features"):
+        ternary_linear_f32(floats_for(3, 301, 5), w, 0.37)
+    with pytest.raises(InvalidSpecError, match="floating"):
+        ternary_linear_f32(acts_for(3, 300, 5), w, 0.37)
+
+
+def test_prebuilt_kernel_is_loaded_only_when_built_from_this_source(cpp_backends, tmp_path):
+    """Images prebuild the extension (AGENTFORGE_KERNEL_DIR); a stale build is not trusted."""
+    lib = Path(K._ext.__file__)
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / lib.name).write_bytes(lib.read_bytes())
+    (good / "source.sha256").write_text(K._source_sha256() + "\n")
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / lib.name).write_bytes(lib.read_bytes())
+    (stale / "source.sha256").write_text("0" * 64 + "\n")
+    probe = ("import logging, sys; logging.basicConfig(level=logging.WARNING);"
+             "from services.bitnet.core import kernel as K; b = K.available_backends();"
+             "print(K._ext.__file__); print(b)")
+    root = Path(__file__).resolve().parents[2]
+    for folder, from_dir in ((good, True), (stale, False)):
+        env = {**os.environ, "AGENTFORGE_KERNEL_DIR": str(folder)}
+        out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        loaded = out.stdout.splitlines()[0]
+        assert (Path(loaded).parent == folder) is from_dir, (loaded, out.stderr)
+        assert ("built from another source" in out.stderr) is (not from_dir)
+        assert "'portable'" in out.stdout.splitlines()[1]
 
 
 def test_fused_other_dtypes_and_threads(cpp_backends):

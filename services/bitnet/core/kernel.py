@@ -6,6 +6,8 @@
     y = ternary_linear_f32(x, w, w_scale)            # float x (B, in): absmax int8 quantization fused in, then ↑
 
 Backends (`available_backends()`, best first):
+- "avx512vnni": the same file's AVX-512 path: vpdpbusd (u8 codes × s8 activations, 4 products summed into int32
+  lanes) over two weight blocks per 512-bit load; listed only when the CPU has AVX-512 F/BW/VL and VNNI.
 - "avx2": services/bitnet/csrc/ternary.cpp with AVX2 intrinsics; listed only when the CPU has AVX2.
 - "portable": the same C++ file's plain loops (no intrinsics; the compiler may auto-vectorise them for the
   baseline ISA), for CPUs without AVX2.
@@ -13,8 +15,9 @@ Backends (`available_backends()`, best first):
   out×in-sized temporaries and is meant for checking, not speed.
 The C++ backends never materialise an out×in matrix: codes are decoded in registers, and a call allocates
 only its (B, out) output plus O(B) bookkeeping. They split output rows over torch's intra-op threads
-(at::parallel_for), so `torch.set_num_threads` applies. The extension is built on first use with
-torch.utils.cpp_extension.load (cache: $TORCH_EXTENSIONS_DIR or torch's default; ~20 s cold, then
+(at::parallel_for), so `torch.set_num_threads` applies. The extension is loaded from $AGENTFORGE_KERNEL_DIR when a prebuilt copy of this exact
+source is there (images build one: `python -m services.bitnet.core.kernel build DIR`), else built on first use
+with torch.utils.cpp_extension.load (cache: $TORCH_EXTENSIONS_DIR or torch's default; ~20 s cold, then
 cached); if that fails (no compiler or ninja) a warning is logged once and only "torch" is available.
 
 Weight layout (KernelWeight.data, uint8 (out, row_bytes)): one row per output feature, 2 bits per weight
@@ -55,13 +58,15 @@ from shared.errors import InvalidSpecError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("avx2", "portable", "torch")
-_CPP_ID = {"portable": 0, "avx2": 1}
+BACKENDS = ("avx512vnni", "avx2", "portable", "torch")
+_CPP_ID = {"portable": 0, "avx2": 1, "avx512vnni": 2}
 _SRC = Path(__file__).resolve().parents[1] / "csrc" / "ternary.cpp"
 _EXT_NAME = "agentforge_bitnet_ternary"
 _BLOCK, _BLOCK_BYTES, _SUB, _SUB_BYTES = 128, 32, 32, 8
 
 _F32 = struct.Struct("f")
+_F32_MAX = 3.4028234663852886e38
+_fast_id: int | None = None     # the best C++ backend's id, once available_backends() has run
 _lock = threading.Lock()
 _ext = None
 _ext_error: str | None = None
@@ -135,6 +140,53 @@ def _ensure_ninja_on_path() -> None:
             os.environ["PATH"] = f"{here}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+KERNEL_DIR_ENV = "AGENTFORGE_KERNEL_DIR"    # a folder holding a prebuilt extension (`build_prebuilt`)
+_STAMP = "source.sha256"
+
+
+def _source_sha256() -> str:
+    import hashlib
+    return hashlib.sha256(_SRC.read_bytes()).hexdigest()
+
+
+def _jit_build(build_directory: str | None = None):
+    from torch.utils.cpp_extension import load
+    _ensure_ninja_on_path()
+    return load(name=_EXT_NAME, sources=[str(_SRC)], extra_cflags=["-O3", "-fopenmp"],
+                extra_ldflags=["-fopenmp"], build_directory=build_directory, verbose=False)
+
+
+def build_prebuilt(out_dir: str | os.PathLike) -> Path:
+    """Compile the extension into `out_dir` (images do this at build time, so a container with a read-only
+    root filesystem never compiles): the shared library plus the sha256 of the source it was built from."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _jit_build(str(out))
+    lib = next(out.glob(f"{_EXT_NAME}*.so"), None)
+    if lib is None:
+        raise FileNotFoundError(f"the build left no {_EXT_NAME}*.so in {out}")
+    (out / _STAMP).write_text(_source_sha256() + "\n")
+    return lib
+
+
+def _load_prebuilt(folder: str):
+    """The extension from $AGENTFORGE_KERNEL_DIR when it was built from this exact source, else None."""
+    import importlib.util
+    d = Path(folder)
+    lib = next(d.glob(f"{_EXT_NAME}*.so"), None)
+    stamp = d / _STAMP
+    if lib is None or not stamp.is_file():
+        log.warning("%s=%s holds no prebuilt kernel; compiling it instead", KERNEL_DIR_ENV, folder)
+        return None
+    if stamp.read_text().strip() != _source_sha256():
+        log.warning("the prebuilt kernel in %s was built from another source; compiling it instead", folder)
+        return None
+    spec = importlib.util.spec_from_file_location(_EXT_NAME, lib)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _load_ext():
     """Build/load the C++ extension once per process; None (with one warning) when it cannot be built."""
     global _ext, _ext_error
@@ -143,10 +195,8 @@ def _load_ext():
     with _lock:
         if _ext is None and _ext_error is None:
             try:
-                from torch.utils.cpp_extension import load
-                _ensure_ninja_on_path()
-                _ext = load(name=_EXT_NAME, sources=[str(_SRC)], extra_cflags=["-O3", "-fopenmp"],
-                            extra_ldflags=["-fopenmp"], verbose=False)
+                folder = os.environ.get(KERNEL_DIR_ENV)
+                _ext = (_load_prebuilt(folder) if folder else None) or _jit_build()
             except Exception as exc:  # noqa: BLE001 - any build failure means "torch backend only"
                 _ext_error = f"{type(exc).__name__}: {exc}"
                 log.warning("BitNet C++ ternary kernel unavailable, using the pure-torch reference: %s",
@@ -160,11 +210,16 @@ def extension_error() -> str | None:
 
 
 def available_backends() -> list[str]:
-    """Backends usable in this process, best first: "avx2" (CPU with AVX2), "portable", "torch"."""
-    global _available
+    """Backends usable in this process, best first: "avx512vnni", "avx2" (CPUs with them), "portable", "torch"."""
+    global _available, _fast_id
     if _available is None:
         ext = _load_ext()
-        _available = ("torch",) if ext is None else (("avx2",) if ext.has_avx2() else ()) + ("portable", "torch")
+        if ext is None:
+            _available = ("torch",)
+        else:
+            _available = ((("avx512vnni",) if ext.has_avx512vnni() else ()) + (("avx2",) if ext.has_avx2() else ())
+                          + ("portable", "torch"))
+            _fast_id = _CPP_ID[_available[0]]
     return list(_available)
 
 
@@ -248,6 +303,15 @@ def ternary_linear_f32(x: Tensor, w: KernelWeight, w_scale, backend: str | None 
     """float32 (B, out) = ternary_linear(*activation_quant(x), w, w_scale), bit-identical in every backend, with
     the per-token absmax int8 quantization done inside the C++ kernel. x: floating (B, in), computed in float32
     (other float dtypes are converted first, which gives the same codes and scales). NaN/inf → InvalidSpecError."""
+    if backend is None and _fast_id is not None and type(w_scale) is float and -_F32_MAX <= w_scale <= _F32_MAX:
+        # Decode-time fast path (a call is a few µs, so ~1 µs of Python checks matters): the C++ side checks the
+        # same things; anything it refuses or cannot take as is (other dtypes, non-contiguous, NaN rows) goes
+        # through the checked path below, which converts or explains. double → float in C++ rounds to nearest
+        # like _w_scale32 does.
+        try:
+            return _ext.linear_f32(x, w.data, w.in_features, w_scale, _fast_id)
+        except (RuntimeError, ValueError, TypeError, AttributeError):
+            pass
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 2:
         what = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
         raise InvalidSpecError(f"x must be a floating (B, in) tensor, got {what}", field="x")
@@ -269,3 +333,20 @@ def ternary_linear_f32(x: Tensor, w: KernelWeight, w_scale, backend: str | None 
         return _ext.linear_f32(x, w.data, w.in_features, ws, _CPP_ID[name])
     except ValueError:       # the kernel's only ValueError: a row with NaN or inf
         raise _nonfinite_error(x) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m services.bitnet.core.kernel build DIR`: prebuild the extension (used by the Dockerfiles)."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m services.bitnet.core.kernel")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="compile the C++ extension into DIR (set AGENTFORGE_KERNEL_DIR=DIR to use it)")
+    b.add_argument("dir")
+    args = parser.parse_args(argv)
+    lib = build_prebuilt(args.dir)
+    print(f"built {lib}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -13,8 +13,12 @@
 // the unsigned codes by signed activations with vpmaddubsw (pairs ≤ 2·2·128 = 512 in magnitude, never
 // saturating), sums 16 main blocks in int16 (≤ 16·4·512 = 32768 in magnitude; the positive bound is 32512
 // and −32768 is representable), then widens to int32 with vpmaddwd; 8 output rows are reduced together
-// (vphaddd) and get a vector epilogue. The portable path sums the same blocks in int16 (≤ 16·4·2·128 =
-// 16384) and lets the compiler vectorise.
+// (vphaddd) and get a vector epilogue. The AVX-512 VNNI path (vpdpbusd: unsigned codes × signed activations,
+// groups of 4 products added straight into int32 lanes, wrapping like every other sum here) loads two
+// consecutive 32-byte weight blocks per 512-bit register and reads the activations in the matching "pair
+// order" (Activations::pairs, built once per call); at batch 1 it computes eight output rows at once, sharing
+// the activation loads. The portable path sums the same blocks in int16 (≤ 16·4·2·128 = 16384) and lets the
+// compiler vectorise.
 // Weights are decoded in registers; a call allocates its (B, out) output and O(B) bookkeeping, nothing
 // of size out×in. Output rows are split over torch's intra-op threads with at::parallel_for.
 //
@@ -88,17 +92,34 @@ struct Activations {
   int64_t B;
   std::vector<int32_t> sum;
   std::vector<int8_t> tail;  // (B, 128): x[b, 128q:] followed by zeros
-  Activations(const int8_t* x_, int64_t B_, const Geometry& g) : x(x_), B(B_), sum(B_), tail(B_ * kBlock, 0) {
+  // VNNI path only: per row, the main blocks' activations in pair order — for block pair p (blocks 2p, 2p+1)
+  // and k = 0..3, 64 bytes: x[256p + 32k + j] (j < 32) then x[256p + 128 + 32k + j] — so one 64-byte load
+  // lines up with the 4th-of-a-byte codes of a 64-byte load of two consecutive weight blocks.
+  std::vector<int8_t> pairs;
+  int64_t pair_stride = 0;
+  Activations(const int8_t* x_, int64_t B_, const Geometry& g, bool pair_order = false)
+      : x(x_), B(B_), sum(B_), tail(B_ * kBlock, 0) {
+    if (pair_order) {
+      pair_stride = (g.q / 2) * 2 * kBlock;
+      pairs.resize(static_cast<size_t>(B * pair_stride));
+    }
     for (int64_t b = 0; b < B; ++b) {
       const int8_t* xr = x + b * g.in;
       int32_t s = 0;
       for (int64_t i = 0; i < g.in; ++i) s += xr[i];
       sum[b] = s;
       if (g.r) std::memcpy(tail.data() + b * kBlock, xr + g.q * kBlock, g.r);
+      for (int64_t p = 0; pair_order && p < g.q / 2; ++p)
+        for (int64_t k = 0; k < 4; ++k) {
+          int8_t* dst = pairs.data() + b * pair_stride + p * 2 * kBlock + k * 64;
+          std::memcpy(dst, xr + 2 * p * kBlock + 32 * k, 32);
+          std::memcpy(dst + 32, xr + (2 * p + 1) * kBlock + 32 * k, 32);
+        }
     }
   }
   const int8_t* row(int64_t b, int64_t in) const { return x + b * in; }
   const int8_t* tail_row(int64_t b) const { return tail.data() + b * kBlock; }
+  const int8_t* pair_row(int64_t b) const { return pairs.data() + b * pair_stride; }
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -179,12 +200,38 @@ AF_AVX2 inline int32_t hsum_epi32(__m256i v) {
 
 AF_AVX2 inline __m256i loadu(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
-// One output row × NB batch rows: the lanes of res[b] sum to Σ_i c[i]·x[b,i] (before the −Σx correction).
+// The r = in % 128 tail (ns ≤ 4 sub-blocks: ≤ 4·512 in int16), added to acc32[b] (AVX2, any NB).
 template <int NB>
-AF_AVX2 void tile_avx2(const uint8_t* wrow, const int8_t* const* xr, const int8_t* const* xt, const Geometry& g,
-                       __m256i* res) {
+AF_AVX2 inline void tail_avx2(const uint8_t* wrow, const int8_t* const* xt, const Geometry& g, __m256i* acc32) {
   const __m256i m3 = _mm256_set1_epi8(3);
   const __m256i ones16 = _mm256_set1_epi16(1);
+  const uint8_t* wt = wrow + g.q * kBlockBytes;
+  const __m256i shifts = _mm256_set_epi64x(6, 4, 2, 0);
+  __m256i acc16[NB];
+  for (int b = 0; b < NB; ++b) acc16[b] = _mm256_setzero_si256();
+  for (int64_t s = 0; s < g.ns; ++s) {
+    long long v;
+    std::memcpy(&v, wt + s * kSubBytes, sizeof v);
+    // 64-bit lane k = the 8 bytes >> 2k; & 3 per byte leaves weight 8k + j in byte j of lane k
+    const __m256i c = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(v), shifts), m3);
+    for (int b = 0; b < NB; ++b)
+      acc16[b] = _mm256_add_epi16(acc16[b], _mm256_maddubs_epi16(c, loadu(xt[b] + s * kSub)));
+  }
+  for (int b = 0; b < NB; ++b) acc32[b] = _mm256_add_epi32(acc32[b], _mm256_madd_epi16(acc16[b], ones16));
+}
+
+// One output row × NB batch rows starting at b0: the lanes of res[b] sum to Σ_i c[i]·x[b0+b,i] (before the
+// −Σx correction).
+template <int NB>
+AF_AVX2 void tile_avx2(const uint8_t* wrow, const Activations& a, int64_t b0, const Geometry& g, __m256i* res) {
+  const __m256i m3 = _mm256_set1_epi8(3);
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  const int8_t* xr[NB];
+  const int8_t* xt[NB];
+  for (int b = 0; b < NB; ++b) {
+    xr[b] = a.row(b0 + b, g.in);
+    xt[b] = a.tail_row(b0 + b);
+  }
   __m256i acc32[NB];
   for (int b = 0; b < NB; ++b) acc32[b] = _mm256_setzero_si256();
   for (int64_t t0 = 0; t0 < g.q; t0 += kFlush) {
@@ -208,21 +255,7 @@ AF_AVX2 void tile_avx2(const uint8_t* wrow, const int8_t* const* xr, const int8_
     }
     for (int b = 0; b < NB; ++b) acc32[b] = _mm256_add_epi32(acc32[b], _mm256_madd_epi16(acc16[b], ones16));
   }
-  if (g.ns) {
-    const uint8_t* wt = wrow + g.q * kBlockBytes;
-    const __m256i shifts = _mm256_set_epi64x(6, 4, 2, 0);
-    __m256i acc16[NB];
-    for (int b = 0; b < NB; ++b) acc16[b] = _mm256_setzero_si256();
-    for (int64_t s = 0; s < g.ns; ++s) {  // ns ≤ 4: ≤ 4·512 in int16
-      long long v;
-      std::memcpy(&v, wt + s * kSubBytes, sizeof v);
-      // 64-bit lane k = the 8 bytes >> 2k; & 3 per byte leaves weight 8k + j in byte j of lane k
-      const __m256i c = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(v), shifts), m3);
-      for (int b = 0; b < NB; ++b)
-        acc16[b] = _mm256_add_epi16(acc16[b], _mm256_maddubs_epi16(c, loadu(xt[b] + s * kSub)));
-    }
-    for (int b = 0; b < NB; ++b) acc32[b] = _mm256_add_epi32(acc32[b], _mm256_madd_epi16(acc16[b], ones16));
-  }
+  if (g.ns) tail_avx2<NB>(wrow, xt, g, acc32);
   for (int b = 0; b < NB; ++b) res[b] = acc32[b];
 }
 
@@ -250,45 +283,157 @@ AF_AVX2 inline void put8(const Sink& sink, int64_t b, int64_t o, __m256i v) {
   }
 }
 
+// AVX-512 VNNI tile: vpdpbusd multiplies the unsigned codes by signed activations and adds groups of 4
+// products straight into int32 lanes (no int16 stage, no saturation). Two weight blocks per 64-byte load,
+// matched by the pair-ordered activations (Activations::pairs); an odd last block and the tail use 256-bit
+// vectors. Sums wrap modulo 2^32 like every other path, so the result is bit-identical.
+#define AF_VNNI __attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512vnni")))
 template <int NB>
-AF_AVX2 void batch_tile_avx2(const uint8_t* w, const Activations& a, const Geometry& g, int64_t b0, int64_t o0,
-                             int64_t o1, const Sink& sink) {
-  const int8_t* xr[NB];
+AF_VNNI void tile_vnni(const uint8_t* wrow, const Activations& a, int64_t b0, const Geometry& g, __m256i* res) {
+  const __m512i m3 = _mm512_set1_epi8(3);
+  const int8_t* xp[NB];
   const int8_t* xt[NB];
   for (int b = 0; b < NB; ++b) {
-    xr[b] = a.row(b0 + b, g.in);
+    xp[b] = a.pair_row(b0 + b);
     xt[b] = a.tail_row(b0 + b);
   }
-  __m256i acc[8][NB];
-  int64_t o = o0;
-  for (; o + 8 <= o1; o += 8) {  // 8 rows at a time: one transposing reduction, vector epilogue
-    for (int r = 0; r < 8; ++r) tile_avx2<NB>(w + (o + r) * g.row_bytes, xr, xt, g, acc[r]);
+  __m512i acc[NB][4];  // one chain per k: four independent vpdpbusd dependency chains
+  for (int b = 0; b < NB; ++b)
+    for (int k = 0; k < 4; ++k) acc[b][k] = _mm512_setzero_si512();
+  const int64_t np = g.q / 2;
+  for (int64_t p = 0; p < np; ++p) {
+    const __m512i v = _mm512_loadu_si512(wrow + p * 2 * kBlockBytes);
+    const __m512i c0 = _mm512_and_si512(v, m3);
+    const __m512i c1 = _mm512_and_si512(_mm512_srli_epi16(v, 2), m3);
+    const __m512i c2 = _mm512_and_si512(_mm512_srli_epi16(v, 4), m3);
+    const __m512i c3 = _mm512_and_si512(_mm512_srli_epi16(v, 6), m3);
     for (int b = 0; b < NB; ++b) {
-      __m256i v[8];
-      for (int r = 0; r < 8; ++r) v[r] = acc[r][b];
-      put8(sink, b0 + b, o, _mm256_sub_epi32(hsum8_epi32(v), _mm256_set1_epi32(a.sum[b0 + b])));
+      const int8_t* x = xp[b] + p * 2 * kBlock;
+      acc[b][0] = _mm512_dpbusd_epi32(acc[b][0], c0, _mm512_loadu_si512(x));
+      acc[b][1] = _mm512_dpbusd_epi32(acc[b][1], c1, _mm512_loadu_si512(x + 64));
+      acc[b][2] = _mm512_dpbusd_epi32(acc[b][2], c2, _mm512_loadu_si512(x + 128));
+      acc[b][3] = _mm512_dpbusd_epi32(acc[b][3], c3, _mm512_loadu_si512(x + 192));
     }
   }
-  for (; o < o1; ++o) {
-    tile_avx2<NB>(w + o * g.row_bytes, xr, xt, g, acc[0]);
-    for (int b = 0; b < NB; ++b) sink.put(b0 + b, o, wrap_sub(hsum_epi32(acc[0][b]), a.sum[b0 + b]));
+  __m256i acc32[NB];
+  for (int b = 0; b < NB; ++b) {
+    const __m512i s = _mm512_add_epi32(_mm512_add_epi32(acc[b][0], acc[b][1]), _mm512_add_epi32(acc[b][2], acc[b][3]));
+    acc32[b] = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+  }
+  if (g.q % 2) {  // the odd last main block, 256 bits wide, activations from the plain row
+    const int64_t t = g.q - 1;
+    const __m256i m3y = _mm256_set1_epi8(3);
+    const __m256i v = loadu(wrow + t * kBlockBytes);
+    const __m256i c[4] = {_mm256_and_si256(v, m3y), _mm256_and_si256(_mm256_srli_epi16(v, 2), m3y),
+                          _mm256_and_si256(_mm256_srli_epi16(v, 4), m3y), _mm256_and_si256(_mm256_srli_epi16(v, 6), m3y)};
+    for (int b = 0; b < NB; ++b) {
+      const int8_t* x = a.row(b0 + b, g.in) + t * kBlock;
+      for (int k = 0; k < 4; ++k) acc32[b] = _mm256_dpbusd_epi32(acc32[b], c[k], loadu(x + 32 * k));
+    }
+  }
+  if (g.ns) tail_avx2<NB>(wrow, xt, g, acc32);
+  for (int b = 0; b < NB; ++b) res[b] = acc32[b];
+}
+
+// Eight output rows × one batch row (the decode case, B = 1): the activation loads are shared by the eight
+// rows and each row keeps one accumulator, so the per-row fixed cost (zeroing, reductions) is one register
+// instead of four; eight independent dependency chains keep vpdpbusd busy. Lane sums of res[r] as tile_vnni.
+AF_VNNI void tile8_vnni(const uint8_t* w0, const Activations& a, int64_t b0, const Geometry& g, __m256i* res) {
+  const __m512i m3 = _mm512_set1_epi8(3);
+  const int8_t* xp = a.pair_row(b0);
+  __m512i acc[8];
+  for (int r = 0; r < 8; ++r) acc[r] = _mm512_setzero_si512();
+  const int64_t np = g.q / 2;
+  for (int64_t p = 0; p < np; ++p) {
+    const int8_t* x = xp + p * 2 * kBlock;
+    const __m512i x0 = _mm512_loadu_si512(x), x1 = _mm512_loadu_si512(x + 64);
+    const __m512i x2 = _mm512_loadu_si512(x + 128), x3 = _mm512_loadu_si512(x + 192);
+    for (int r = 0; r < 8; ++r) {
+      const __m512i v = _mm512_loadu_si512(w0 + r * g.row_bytes + p * 2 * kBlockBytes);
+      __m512i s = _mm512_dpbusd_epi32(acc[r], _mm512_and_si512(v, m3), x0);
+      s = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(v, 2), m3), x1);
+      s = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(v, 4), m3), x2);
+      acc[r] = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(v, 6), m3), x3);
+    }
+  }
+  for (int r = 0; r < 8; ++r) res[r] = _mm256_add_epi32(_mm512_castsi512_si256(acc[r]), _mm512_extracti64x4_epi64(acc[r], 1));
+  if (g.q % 2) {
+    const int64_t t = g.q - 1;
+    const __m256i m3y = _mm256_set1_epi8(3);
+    const int8_t* x = a.row(b0, g.in) + t * kBlock;
+    const __m256i x0 = loadu(x), x1 = loadu(x + 32), x2 = loadu(x + 64), x3 = loadu(x + 96);
+    for (int r = 0; r < 8; ++r) {
+      const __m256i v = loadu(w0 + r * g.row_bytes + t * kBlockBytes);
+      __m256i s = _mm256_dpbusd_epi32(res[r], _mm256_and_si256(v, m3y), x0);
+      s = _mm256_dpbusd_epi32(s, _mm256_and_si256(_mm256_srli_epi16(v, 2), m3y), x1);
+      s = _mm256_dpbusd_epi32(s, _mm256_and_si256(_mm256_srli_epi16(v, 4), m3y), x2);
+      res[r] = _mm256_dpbusd_epi32(s, _mm256_and_si256(_mm256_srli_epi16(v, 6), m3y), x3);
+    }
+  }
+  if (g.ns) {
+    const int8_t* xt = a.tail_row(b0);
+    for (int r = 0; r < 8; ++r) tail_avx2<1>(w0 + r * g.row_bytes, &xt, g, &res[r]);
   }
 }
 
-AF_AVX2 void rows_avx2(const uint8_t* w, const Activations& a, const Geometry& g, int64_t o0, int64_t o1,
-                       const Sink& sink) {
-  for (int64_t r0 = o0; r0 < o1; r0 += kRowTile) {
-    const int64_t r1 = std::min(o1, r0 + kRowTile);
-    int64_t b = 0;
-    for (; b + 4 <= a.B; b += 4) batch_tile_avx2<4>(w, a, g, b, r0, r1, sink);
-    switch (a.B - b) {
-      case 3: batch_tile_avx2<3>(w, a, g, b, r0, r1, sink); break;
-      case 2: batch_tile_avx2<2>(w, a, g, b, r0, r1, sink); break;
-      case 1: batch_tile_avx2<1>(w, a, g, b, r0, r1, sink); break;
-      default: break;
-    }
+AF_VNNI void single_row_vnni(const uint8_t* w, const Activations& a, const Geometry& g, int64_t b0, int64_t o0,
+                             int64_t o1, const Sink& sink) {
+  __m256i acc[8];
+  int64_t o = o0;
+  for (; o + 8 <= o1; o += 8) {
+    tile8_vnni(w + o * g.row_bytes, a, b0, g, acc);
+    put8(sink, b0, o, _mm256_sub_epi32(hsum8_epi32(acc), _mm256_set1_epi32(a.sum[b0])));
+  }
+  for (; o < o1; ++o) {
+    tile_vnni<1>(w + o * g.row_bytes, a, b0, g, acc);
+    sink.put(b0, o, wrap_sub(hsum_epi32(acc[0]), a.sum[b0]));
   }
 }
+
+// Row loops for one ISA: 8 output rows at a time (one transposing reduction, vector epilogue), batch rows in
+// tiles of ≤ 4, output rows in tiles of kRowTile kept hot in cache while the batch tiles pass over them.
+#define AF_DEFINE_ROWS(ISA, ATTR)                                                                              \
+  template <int NB>                                                                                            \
+  ATTR void batch_tile_##ISA(const uint8_t* w, const Activations& a, const Geometry& g, int64_t b0, int64_t o0, \
+                             int64_t o1, const Sink& sink) {                                                   \
+    __m256i acc[8][NB];                                                                                        \
+    int64_t o = o0;                                                                                            \
+    for (; o + 8 <= o1; o += 8) {                                                                              \
+      for (int r = 0; r < 8; ++r) tile_##ISA<NB>(w + (o + r) * g.row_bytes, a, b0, g, acc[r]);                \
+      for (int b = 0; b < NB; ++b) {                                                                           \
+        __m256i v[8];                                                                                          \
+        for (int r = 0; r < 8; ++r) v[r] = acc[r][b];                                                          \
+        put8(sink, b0 + b, o, _mm256_sub_epi32(hsum8_epi32(v), _mm256_set1_epi32(a.sum[b0 + b])));             \
+      }                                                                                                        \
+    }                                                                                                          \
+    for (; o < o1; ++o) {                                                                                      \
+      tile_##ISA<NB>(w + o * g.row_bytes, a, b0, g, acc[0]);                                                   \
+      for (int b = 0; b < NB; ++b) sink.put(b0 + b, o, wrap_sub(hsum_epi32(acc[0][b]), a.sum[b0 + b]));       \
+    }                                                                                                          \
+  }                                                                                                            \
+  ATTR void rows_##ISA(const uint8_t* w, const Activations& a, const Geometry& g, int64_t o0, int64_t o1,       \
+                       const Sink& sink) {                                                                     \
+    for (int64_t r0 = o0; r0 < o1; r0 += kRowTile) {                                                           \
+      const int64_t r1 = std::min(o1, r0 + kRowTile);                                                          \
+      int64_t b = 0;                                                                                           \
+      for (; b + 4 <= a.B; b += 4) batch_tile_##ISA<4>(w, a, g, b, r0, r1, sink);                              \
+      switch (a.B - b) {                                                                                       \
+        case 3: batch_tile_##ISA<3>(w, a, g, b, r0, r1, sink); break;                                          \
+        case 2: batch_tile_##ISA<2>(w, a, g, b, r0, r1, sink); break;                                          \
+        case 1: single_row_##ISA(w, a, g, b, r0, r1, sink); break;                                             \
+        default: break;                                                                                        \
+      }                                                                                                        \
+    }                                                                                                          \
+  }
+
+AF_AVX2 void single_row_avx2(const uint8_t* w, const Activations& a, const Geometry& g, int64_t b0, int64_t o0,
+                             int64_t o1, const Sink& sink);
+AF_DEFINE_ROWS(avx2, AF_AVX2)
+AF_AVX2 void single_row_avx2(const uint8_t* w, const Activations& a, const Geometry& g, int64_t b0, int64_t o0,
+                             int64_t o1, const Sink& sink) {
+  batch_tile_avx2<1>(w, a, g, b0, o0, o1, sink);
+}
+AF_DEFINE_ROWS(vnni, AF_VNNI)
 
 AF_AVX2 inline __m256i quant8_avx2(const float* p, __m256 scale) {
   const __m256 lim = _mm256_set1_ps(kActMax);
@@ -352,7 +497,17 @@ bool cpu_has_avx2() {
 #endif
 }
 
-enum Backend : int64_t { kPortable = 0, kAvx2 = 1 };
+bool cpu_has_avx512vnni() {
+#ifdef AF_X86
+  __builtin_cpu_init();
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+
+enum Backend : int64_t { kPortable = 0, kAvx2 = 1, kVnni = 2 };
 
 void check_weight(const torch::Tensor& w, int64_t in_features, int64_t backend) {
   const Geometry g(in_features);
@@ -361,8 +516,9 @@ void check_weight(const torch::Tensor& w, int64_t in_features, int64_t backend) 
   TORCH_CHECK(w.size(1) == g.row_bytes, "weight shape (", w.size(0), ", ", w.size(1), ") does not match in=",
               in_features, " (row_bytes ", g.row_bytes, ")");
   TORCH_CHECK(in_features <= (int64_t(1) << 24), "in_features > 2^24 could overflow the int32 accumulators");
-  TORCH_CHECK(backend == kPortable || backend == kAvx2, "unknown backend id ", backend);
+  TORCH_CHECK(backend == kPortable || backend == kAvx2 || backend == kVnni, "unknown backend id ", backend);
   TORCH_CHECK(backend != kAvx2 || cpu_has_avx2(), "the avx2 backend needs a CPU with AVX2");
+  TORCH_CHECK(backend != kVnni || cpu_has_avx512vnni(), "the avx512vnni backend needs AVX-512 F/BW/VL/VNNI");
 }
 
 void check_x(const torch::Tensor& x, c10::ScalarType dtype, int64_t in_features, const char* what) {
@@ -376,13 +532,17 @@ void run(const int8_t* x, int64_t B, const torch::Tensor& w, int64_t in_features
   const Geometry g(in_features);
   const int64_t out_features = w.size(0);
   if (B == 0 || out_features == 0) return;
-  const Activations a(x, B, g);
+  const Activations a(x, B, g, backend == kVnni);
   const uint8_t* wp = w.data_ptr<uint8_t>();
   // ≥ 2^17 weight·activation products (~2 µs) per task: a second thread costs ~1 µs to start here
   const int64_t work_per_row = std::max<int64_t>(1, B * std::max<int64_t>(in_features, 1));
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / work_per_row);
   at::parallel_for(0, out_features, grain, [&](int64_t o0, int64_t o1) {
 #ifdef AF_X86
+    if (backend == kVnni) {
+      rows_vnni(wp, a, g, o0, o1, sink);
+      return;
+    }
     if (backend == kAvx2) {
       rows_avx2(wp, a, g, o0, o1, sink);
       return;
@@ -438,7 +598,7 @@ torch::Tensor linear_f32(const torch::Tensor& x, const torch::Tensor& w, int64_t
       const float* xr = xp + b * in_features;
       int8_t* qr = q.data() + b * in_features;
 #ifdef AF_X86
-      if (backend == kAvx2) {
+      if (backend == kAvx2 || backend == kVnni) {
         ok[b] = quant_row_avx2(xr, in_features, qr, &scale[b]);
         continue;
       }
@@ -463,6 +623,7 @@ torch::Tensor linear_f32(const torch::Tensor& x, const torch::Tensor& w, int64_t
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Ternary (2-bit packed) × int8 matmul kernels for BitNet layers";
   m.def("has_avx2", &cpu_has_avx2, "whether this CPU supports AVX2");
+  m.def("has_avx512vnni", &cpu_has_avx512vnni, "whether this CPU supports AVX-512 F/BW/VL and VNNI");
   m.def("row_bytes", [](int64_t in) { return Geometry(in).row_bytes; }, "bytes per weight row for in features");
   m.def("matmul_int", &matmul_int, "int32 accumulators Σ x·w", py::arg("x"), py::arg("w"), py::arg("in_features"),
         py::arg("backend"));
