@@ -3,6 +3,8 @@
   agentforge run [--profile tiny | --config FILE]    the whole pipeline, embedded (one process)
   agentforge serve <service> [--host H --port P]      one service over gRPC (what containers run)
   agentforge runs create|watch|status|list|cancel|retry|approve   a coordinator's runs (see cli_runs)
+  agentforge health [--address HOST:PORT] [--service NAME]   gRPC health check: exit 0 only when SERVING
+  agentforge up-local [--dir DIR] [--base-port P]     every service as a local process, SeaweedFS as S3, auth on
   agentforge reasoning-data --output FILE [--profile P] [--cost-limit USD] [--target N] [--backend B]
                                                       Phase 3a alone (datasets first): the checklist's JSON
   agentforge artifacts ls [PREFIX]                    complete artifacts in the store
@@ -274,9 +276,16 @@ def cmd_export_hf(args) -> int:
 
 
 # -- parser -----------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    from shared.rpc.serve import add_serve_arguments
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    # here, not in shared.rpc.serve: building the parser must not import torch (`agentforge health` is a
+    # container health probe run every 30 s)
+    parser.add_argument("service", help="coordinator, dataset, cognate, evomerge, reasoning-data, quietstar or bitnet")
+    parser.add_argument("--host", default=os.environ.get("AGENTFORGE_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("AGENTFORGE_PORT", "50051")))
+    parser.add_argument("--store", default=None, help="artifact store URI (default: $AGENTFORGE_STORE)")
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentforge", description="Agent Forge pipeline")
     parser.add_argument("--log-level", default=os.environ.get("AGENTFORGE_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
@@ -322,8 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export_hf)
 
     from shared.cli_runs import add_runs_parser
+    from shared.health_cli import add_health_parser
 
     add_runs_parser(sub)
+    add_health_parser(sub)
+
+    from shared.deploy.cli_local import add_up_local_parser
+
+    add_up_local_parser(sub)
 
     art = sub.add_parser("artifacts", help="inspect and clean the artifact store")
     art.add_argument("--store", default=None, help="store URI (default $AGENTFORGE_STORE)")

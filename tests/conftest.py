@@ -29,6 +29,37 @@ GPT2_DIR = SHARED_DIR / "tokenizers" / "gpt2"
 
 
 @pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory):
+    """One real S3 server (SeaweedFS) for the whole session; each test makes its own bucket."""
+    from tests.s3_server import SKIP_REASON, SeaweedServer, find_weed
+
+    if find_weed() is None:
+        pytest.skip(SKIP_REASON)
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any call into the unpicklers fails the test loudly, on top of the marker-file check."""
+    import pickle
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("something tried to unpickle")
+
+    class ForbiddenUnpickler(pickle.Unpickler):  # a class: torch subclasses pickle.Unpickler on import
+        def __init__(self, *args, **kwargs):
+            forbidden()
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "Unpickler", ForbiddenUnpickler)
+    monkeypatch.setattr(torch, "load", forbidden)
+
+
+@pytest.fixture(scope="session")
 def datasets_dir() -> Path:
     if not DATASETS_DIR.is_dir():
         pytest.skip(f"the shared dataset mirror is absent ({DATASETS_DIR}); CI has it beside the clone")

@@ -11,6 +11,8 @@ import os
 
 import grpc
 
+from shared.errors import InvalidSpecError
+
 TOKEN_ENV = "AGENTFORGE_TOKEN"
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 
@@ -23,7 +25,7 @@ def token_from_env(env=os.environ) -> str | None:
 class BearerTokenInterceptor(grpc.ServerInterceptor):
     def __init__(self, token: str):
         if not token or len(token) < 16:
-            raise ValueError(f"{TOKEN_ENV} must be at least 16 characters")
+            raise InvalidSpecError(f"must be at least 16 characters, got {len(token or '')}", field=TOKEN_ENV)
         self._expected = f"Bearer {token}".encode()
 
     def intercept_service(self, continuation, handler_call_details):

@@ -10,7 +10,6 @@ Settings come from the environment, so compose/k8s and local processes configure
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -100,10 +99,3 @@ def main_for_service(name: str, argv: list[str] | None = None) -> int:
     from shared.cli import main as cli_main
 
     return cli_main(["serve", name, *(sys.argv[1:] if argv is None else argv)])
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("service", help="coordinator, dataset, cognate, evomerge, reasoning-data, quietstar or bitnet")
-    parser.add_argument("--host", default=os.environ.get("AGENTFORGE_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("AGENTFORGE_PORT", "50051")))
-    parser.add_argument("--store", default=None, help="artifact store URI (default: $AGENTFORGE_STORE)")

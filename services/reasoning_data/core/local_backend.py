@@ -78,11 +78,17 @@ class LocalHFBackend:
         self.batch_size = batch_size
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from shared.model.io import safetensors_weight_files
+
+        # safetensors only (DESIGN §8: a pickle is never unpickled): without this check transformers would
+        # torch.load a pytorch_model.bin, or any shard an index or config.json names
+        safetensors_weight_files(d)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
             # float32 on CPU (half precision there is slow or unsupported); the saved dtype on an accelerator.
             dtype = torch.float32 if self.device.type == "cpu" else "auto"
-            self.model = AutoModelForCausalLM.from_pretrained(str(d), local_files_only=True, dtype=dtype)
+            self.model = AutoModelForCausalLM.from_pretrained(str(d), local_files_only=True, dtype=dtype,
+                                                              use_safetensors=True)
         except (OSError, ValueError, KeyError) as exc:
             raise InvalidSpecError(f"cannot load a causal LM and its tokenizer from {d}: {exc}",
                                    field="model_dir") from None
