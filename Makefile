@@ -14,7 +14,7 @@ setup-dev:
 	@scripts/install.sh --dev
 
 run: setup
-	$(PY) -m shared.cli run --profile $(PROFILE)
+	$(PY) -m shared.cli run --profile $(PROFILE) --approve-failed-gates "make run: a demo profile; every failed gate is listed in the summary"
 
 test: setup-dev
 	@scripts/test.sh

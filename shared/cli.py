@@ -5,6 +5,7 @@
   agentforge runs create|watch|status|list|cancel|retry|approve   a coordinator's runs (see cli_runs)
   agentforge health [--address HOST:PORT] [--service NAME]   gRPC health check: exit 0 only when SERVING
   agentforge up-local [--dir DIR] [--base-port P]     every service as a local process, SeaweedFS as S3, auth on
+  agentforge report RUN [--state F] [--store U] [--out DIR]   a run's report: HTML + PNG plots from its events
   agentforge reasoning-data --output FILE [--profile P] [--cost-limit USD] [--target N] [--backend B]
                                                       Phase 3a alone (datasets first): the checklist's JSON
   agentforge artifacts ls [PREFIX]                    complete artifacts in the store
@@ -54,7 +55,7 @@ def cmd_run(args) -> int:
         print(f"error: cannot run the pipeline: phases not available yet: {', '.join(missing)}",
               file=sys.stderr)
         return EXIT_UNAVAILABLE
-    return run_embedded(profile, store=_store(args), state_path=args.state)
+    return run_embedded(profile, store=_store(args), state_path=args.state, approve_reason=args.approve_failed_gates)
 
 
 def cmd_reasoning_data(args) -> int:
@@ -102,8 +103,32 @@ def cmd_reasoning_data(args) -> int:
     return 0
 
 
-def run_embedded(profile, *, store, state_path: str) -> int:
-    """The whole pipeline in this process: the coordinator's state machine with in-process runners."""
+APPROVER = "agentforge run --approve-failed-gates"
+
+
+def approve_failed_gates(coordinator, run_id: str, reason: str) -> list[str]:
+    """Approve every failed gate of a blocked run whose failed metrics all allow approval (ApproveGate, recorded
+    with who and why); returns the phases approved. A gate with a metric that may not be approved stays failed."""
+    from services.coordinator.core.engine import GATE_FAILED
+    from shared.errors import FailedPreconditionError
+
+    approved = []
+    for ph in coordinator.get_run(run_id)[1]:
+        if ph.state != GATE_FAILED:
+            continue
+        try:
+            coordinator.approve_gate(run_id, ph.phase, APPROVER, reason)
+        except FailedPreconditionError as exc:
+            print(f"gate of {ph.phase} not approved: {exc}", file=sys.stderr)
+            continue
+        approved.append(ph.phase)
+        print(f"gate of {ph.phase} FAILED and was approved ({reason})")
+    return approved
+
+
+def run_embedded(profile, *, store, state_path: str, approve_reason: str | None = None) -> int:
+    """The whole pipeline in this process: the coordinator's state machine with in-process runners.
+    approve_reason: approve failed gates that allow it (recorded overrides, listed in the summary)."""
     import time
     from pathlib import Path
 
@@ -118,26 +143,66 @@ def run_embedded(profile, *, store, state_path: str) -> int:
         run = coordinator.create_run(profile)
         print(f"run {run.run_id}")
         run = coordinator.run_until_done(run.run_id, poll_interval_s=c.poll_interval_s)
+        while run.state == "blocked" and approve_reason and approve_failed_gates(coordinator, run.run_id,
+                                                                                approve_reason):
+            run = coordinator.run_until_done(run.run_id, poll_interval_s=c.poll_interval_s)
     finally:
         for registry in registries.values():
             registry.shutdown(cancel_running=True, wait=False)
     print_summary(coordinator, run.run_id, time.monotonic() - started)
+    write_run_report(state_path, run.run_id, store)
     if run.state != "succeeded":
         print(f"error: run {run.run_id} {run.state}: {run.error}", file=sys.stderr)
         return EXIT_FAILED
     return 0
 
 
+# Shown in the summary beside the gates (when the phase reported them): what each phase produced.
+KEY_METRICS = {
+    "cognate": ("cognate/reasoning/val_loss", "cognate/memory/val_loss", "cognate/speed/val_loss"),
+    "evomerge": ("evomerge/best_fitness", "evomerge/generations", "evomerge/champion_vs_best_parent"),
+    "quietstar": ("quietstar/gsm8k_acc", "quietstar/gsm8k_acc_no_thoughts", "quietstar/rl_steps",
+                  "quietstar/rl_rollbacks"),
+    "bitnet": ("bitnet/bitlinear_compression_ratio", "bitnet/model_size_mb", "bitnet/gsm8k_acc", "bitnet/arc_acc",
+               "bitnet/piqa_acc", "bitnet/thinking_tokens_present"),
+}
+
+
 def print_summary(coordinator, run_id: str, seconds: float) -> None:
     run, phases = coordinator.get_run(run_id)
-    print(f"\n{'phase':<15} {'state':<12} {'time':>8}  gates")
+    print(f"\n{'phase':<15} {'state':<12} {'time':>8}  gates (FAIL = failed; approved phases list who and why below)")
     for ph in phases:
         took = (ph.finished_at - ph.started_at) if ph.finished_at and ph.started_at else 0.0
         outcomes = (ph.gate or {}).get("outcomes", [])
         gates = ", ".join(f"{o['metric']}={o['value']:.4g}{'' if o['passed'] else ' FAIL'}" if o["measured"]
                           else f"{o['metric']}=n/a FAIL" for o in outcomes)
         print(f"{ph.phase:<15} {ph.state:<12} {took:7.1f}s  {gates}")
+        metrics = ph.metrics or {}
+        shown = [f"{k}={metrics[k]:.4g}" for k in KEY_METRICS.get(ph.phase, ()) if k in metrics]
+        if shown:
+            print(f"{'':<37}{', '.join(shown)}")
+    for event in coordinator.state.events(run_id):
+        if event.kind == "approved":
+            print(f"approved: {event.phase}: {event.payload.get('message', '')}")
+    final = next((ph for ph in reversed(phases) if ph.artifacts), None)
+    if final is not None:
+        keys = ", ".join(a.get("uri", "") for a in final.artifacts)
+        print(f"final artifact ({final.phase}): {keys}")
     print(f"run {run.run_id} {run.state} in {seconds:.1f}s; artifacts under runs/{run.run_id}/ in the store")
+
+
+def write_run_report(state_path: str, run_id: str, store) -> None:
+    """The run's report (agentforge report) at .agentforge/reports/RUN_ID; a failure here never hides the run's
+    own outcome, it is printed."""
+    from shared.report import build_report, load_run, write_report
+
+    try:
+        report = build_report(load_run(state_path, run_id), store)
+        index = write_report(report, os.path.join(".agentforge", "reports", run_id))
+    except Exception as exc:  # noqa: BLE001 - the report is a by-product; say why it is missing
+        print(f"report not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return
+    print(f"report: {index} ({len(report.figures)} plots; {len(report.missing)} missing series listed on the page)")
 
 
 # -- serve ------------------------------------------------------------------------------------------
@@ -296,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--store", default=None, help="artifact store URI (default $AGENTFORGE_STORE)")
     run.add_argument("--state", default=os.environ.get("AGENTFORGE_STATE", ".agentforge/embedded.sqlite"),
                      help="coordinator state file")
+    run.add_argument("--approve-failed-gates", metavar="REASON", default=None,
+                     help="approve failed gates that allow approval (ApproveGate with this reason, recorded and "
+                          "listed in the summary) instead of stopping; gates that may not be approved still stop")
     run.set_defaults(func=cmd_run)
 
     serve = sub.add_parser("serve", help="serve one phase over gRPC")
@@ -335,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_runs_parser(sub)
     add_health_parser(sub)
+
+    from shared.report.cli import add_report_parser
+
+    add_report_parser(sub)
 
     from shared.deploy.cli_local import add_up_local_parser
 

@@ -100,6 +100,8 @@ def cmd_watch(args) -> int:
     last_state = ""
     try:
         for ev in stub.WatchRun(coordinator_pb2.WatchRunRequest(run_id=args.run_id, after_seq=args.after)):
+            if ev.kind == "metrics":
+                continue   # measurements for the run report (agentforge report), not lines to read live
             if ev.kind == "progress":
                 if bar is None:
                     bar = progress_bar(total=1000, desc=ev.phase)

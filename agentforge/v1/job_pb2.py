@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from agentforge.v1 import common_pb2 as agentforge_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gentforge/v1/job.proto\x12\ragentforge.v1\x1a\x1a\x61gentforge/v1/common.proto\"\x90\x02\n\nJobContext\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x15\n\rfencing_token\x18\x04 \x01(\x03\x12*\n\x06inputs\x18\x05 \x03(\x0b\x32\x1a.agentforge.v1.ArtifactRef\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x15\n\rtorch_threads\x18\x08 \x01(\x05\x12\x0f\n\x07profile\x18\t \x01(\t\x12\x13\n\x0b\x63onfig_hash\x18\n \x01(\t\x12\x31\n\nevaluation\x18\x0b \x01(\x0b\x32\x1d.agentforge.v1.EvaluationSpec\"C\n\x10ValidateResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x10\n\x08warnings\x18\x02 \x03(\t\x12\x11\n\tspec_hash\x18\x03 \x01(\t\"\xc2\x02\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.agentforge.v1.JobState\x12&\n\x07metrics\x18\x05 \x03(\x0b\x32\x15.agentforge.v1.Metric\x12-\n\tartifacts\x18\x06 \x03(\x0b\x32\x1a.agentforge.v1.ArtifactRef\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x10\n\x08\x65rror_id\x18\x08 \x01(\t\x12\x19\n\x11resumed_from_step\x18\t \x01(\x03\x12\x15\n\rfencing_token\x18\n \x01(\x03\x12\x30\n\nlast_event\x18\x0b \x01(\x0b\x32\x1c.agentforge.v1.ProgressEvent\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"1\n\x0cWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gentforge/v1/job.proto\x12\ragentforge.v1\x1a\x1a\x61gentforge/v1/common.proto\"\x90\x02\n\nJobContext\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x15\n\rfencing_token\x18\x04 \x01(\x03\x12*\n\x06inputs\x18\x05 \x03(\x0b\x32\x1a.agentforge.v1.ArtifactRef\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x15\n\rtorch_threads\x18\x08 \x01(\x05\x12\x0f\n\x07profile\x18\t \x01(\t\x12\x13\n\x0b\x63onfig_hash\x18\n \x01(\t\x12\x31\n\nevaluation\x18\x0b \x01(\x0b\x32\x1d.agentforge.v1.EvaluationSpec\"C\n\x10ValidateResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x10\n\x08warnings\x18\x02 \x03(\t\x12\x11\n\tspec_hash\x18\x03 \x01(\t\"\x9b\x03\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.agentforge.v1.JobState\x12&\n\x07metrics\x18\x05 \x03(\x0b\x32\x15.agentforge.v1.Metric\x12-\n\tartifacts\x18\x06 \x03(\x0b\x32\x1a.agentforge.v1.ArtifactRef\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x10\n\x08\x65rror_id\x18\x08 \x01(\t\x12\x19\n\x11resumed_from_step\x18\t \x01(\x03\x12\x15\n\rfencing_token\x18\n \x01(\x03\x12\x30\n\nlast_event\x18\x0b \x01(\x0b\x32\x1c.agentforge.v1.ProgressEvent\x12,\n\x06\x65vents\x18\x0c \x03(\x0b\x32\x1c.agentforge.v1.ProgressEvent\x12\x13\n\x0bmore_events\x18\r \x01(\x08\x12\x14\n\x0c\x65vent_log_id\x18\x0e \x01(\t\"2\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x18\n\x10\x65vents_after_seq\x18\x02 \x01(\x03\"1\n\x0cWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,9 +37,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VALIDATERESPONSE']._serialized_start=345
   _globals['_VALIDATERESPONSE']._serialized_end=412
   _globals['_JOBSTATUS']._serialized_start=415
-  _globals['_JOBSTATUS']._serialized_end=737
-  _globals['_JOBREF']._serialized_start=739
-  _globals['_JOBREF']._serialized_end=763
-  _globals['_WATCHREQUEST']._serialized_start=765
-  _globals['_WATCHREQUEST']._serialized_end=814
+  _globals['_JOBSTATUS']._serialized_end=826
+  _globals['_JOBREF']._serialized_start=828
+  _globals['_JOBREF']._serialized_end=878
+  _globals['_WATCHREQUEST']._serialized_start=880
+  _globals['_WATCHREQUEST']._serialized_end=929
 # @@protoc_insertion_point(module_scope)

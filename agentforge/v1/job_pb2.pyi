@@ -44,7 +44,7 @@ class ValidateResponse(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ..., spec_hash: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "request_id", "phase", "state", "metrics", "artifacts", "error", "error_id", "resumed_from_step", "fencing_token", "last_event")
+    __slots__ = ("job_id", "request_id", "phase", "state", "metrics", "artifacts", "error", "error_id", "resumed_from_step", "fencing_token", "last_event", "events", "more_events", "event_log_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,9 @@ class JobStatus(_message.Message):
     RESUMED_FROM_STEP_FIELD_NUMBER: _ClassVar[int]
     FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
     LAST_EVENT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    MORE_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_LOG_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     request_id: str
     phase: str
@@ -67,13 +70,18 @@ class JobStatus(_message.Message):
     resumed_from_step: int
     fencing_token: int
     last_event: _common_pb2.ProgressEvent
-    def __init__(self, job_id: _Optional[str] = ..., request_id: _Optional[str] = ..., phase: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.Metric, _Mapping]]] = ..., artifacts: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., error: _Optional[str] = ..., error_id: _Optional[str] = ..., resumed_from_step: _Optional[int] = ..., fencing_token: _Optional[int] = ..., last_event: _Optional[_Union[_common_pb2.ProgressEvent, _Mapping]] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[_common_pb2.ProgressEvent]
+    more_events: bool
+    event_log_id: str
+    def __init__(self, job_id: _Optional[str] = ..., request_id: _Optional[str] = ..., phase: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.Metric, _Mapping]]] = ..., artifacts: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., error: _Optional[str] = ..., error_id: _Optional[str] = ..., resumed_from_step: _Optional[int] = ..., fencing_token: _Optional[int] = ..., last_event: _Optional[_Union[_common_pb2.ProgressEvent, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_common_pb2.ProgressEvent, _Mapping]]] = ..., more_events: _Optional[bool] = ..., event_log_id: _Optional[str] = ...) -> None: ...
 
 class JobRef(_message.Message):
-    __slots__ = ("job_id",)
+    __slots__ = ("job_id", "events_after_seq")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    events_after_seq: int
+    def __init__(self, job_id: _Optional[str] = ..., events_after_seq: _Optional[int] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("job_id", "after_seq")

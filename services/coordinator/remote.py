@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 
 from agentforge.v1 import job_pb2
-from services.coordinator.core.executors import JobView, Progress, WorkerUnavailableError
+from services.coordinator.core.executors import JobView, MetricEvent, Progress, WorkerUnavailableError
 from shared import errors
 from shared.rpc.convert import STATE_FROM_PROTO, dict_to_message, ref_from_proto, request_to_proto
 from shared.rpc.status import EXCEPTION_FOR_STATUS
@@ -47,10 +47,13 @@ class GrpcExecutor:
         ev = status.last_event if status.HasField("last_event") else None
         progress = None if ev is None else Progress(ev.seq, ev.stage, ev.fraction, ev.step, ev.total_steps,
                                                     ev.message)
+        events = tuple(MetricEvent(e.seq, e.stage, e.step, {m.name: m.value for m in e.metrics},
+                                   e.time.ToNanoseconds() / 1e9) for e in status.events)
         return JobView(job_id=status.job_id, state=STATE_FROM_PROTO[status.state],
                        metrics={m.name: m.value for m in status.metrics},
                        artifacts=tuple(ref_from_proto(a) for a in status.artifacts),
-                       error=status.error, fencing_token=status.fencing_token, progress=progress)
+                       error=status.error, fencing_token=status.fencing_token, progress=progress,
+                       events=events, more_events=status.more_events, event_log_id=status.event_log_id)
 
     def submit(self, request: JobRequest, spec: Any) -> JobView:
         msg = self.definition.submit_message(
@@ -58,8 +61,8 @@ class GrpcExecutor:
             spec=dict_to_message(spec.model_dump(mode="json"), self.definition.spec_message))
         return self._view(self._call("Submit", msg))
 
-    def get(self, job_id: str) -> JobView:
-        return self._view(self._call("Get", job_pb2.JobRef(job_id=job_id)))
+    def get(self, job_id: str, events_after_seq: int = 0) -> JobView:
+        return self._view(self._call("Get", job_pb2.JobRef(job_id=job_id, events_after_seq=events_after_seq)))
 
     def cancel(self, job_id: str) -> None:
         self._call("Cancel", job_pb2.JobRef(job_id=job_id))

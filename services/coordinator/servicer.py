@@ -63,7 +63,8 @@ def event_to_proto(ev: EventRecord) -> coordinator_pb2.RunEvent:
                                    message=payload.get("message", ""), state=payload.get("state", ""),
                                    time=_ts(ev.time))
     metrics = payload.get("metrics") or {}
-    msg.metrics.extend(common_pb2.Metric(name=k, value=v) for k, v in sorted(metrics.items()))
+    step = int(payload.get("step", 0)) if ev.kind == "metrics" else 0   # a "metrics" event's values share its step
+    msg.metrics.extend(common_pb2.Metric(name=k, value=v, step=step) for k, v in sorted(metrics.items()))
     msg.gates.extend(_gate(GateOutcome.from_dict(o)) for o in payload.get("outcomes", []))
     return msg
 

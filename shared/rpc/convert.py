@@ -69,14 +69,20 @@ def event_to_proto(job_id: str, event: Event) -> common_pb2.ProgressEvent:
     return msg
 
 
-def job_to_status(job: Job) -> job_pb2.JobStatus:
+def job_to_status(job: Job, *, events_after_seq: int | None = None) -> job_pb2.JobStatus:
+    """A job's status; with `events_after_seq` (Get) also its metric-carrying events after that seq."""
     status = job_pb2.JobStatus(
         job_id=job.job_id, request_id=job.request.request_id, phase=job.request.phase,
         state=STATE_TO_PROTO[job.state],
         metrics=[common_pb2.Metric(name=k, value=v) for k, v in sorted(job.metrics.items())],
         artifacts=[ref_to_proto(r) for r in job.artifacts], error=job.error, error_id=job.error_id,
-        resumed_from_step=job.resumed_from_step, fencing_token=job.request.fencing_token)
+        resumed_from_step=job.resumed_from_step, fencing_token=job.request.fencing_token,
+        event_log_id=job.events.log_id)
     last = job.events.last
     if last is not None:
         status.last_event.CopyFrom(event_to_proto(job.job_id, last))
+    if events_after_seq is not None:
+        page, more = job.events.metric_events(events_after_seq)
+        status.events.extend(event_to_proto(job.job_id, e) for e in page)
+        status.more_events = more
     return status

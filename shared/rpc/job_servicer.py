@@ -11,6 +11,7 @@ import threading
 import grpc
 
 from agentforge.v1 import job_pb2
+from shared.errors import InvalidSpecError
 from shared.rpc.convert import event_to_proto, job_to_status, message_to_dict, request_from_proto
 from shared.rpc.server import ServiceBinding
 from shared.runtime.registry import JobRegistry
@@ -40,7 +41,9 @@ class JobServicer:
         return job_to_status(self.registry.cancel(request.job_id))
 
     def Get(self, request, context):
-        return job_to_status(self.registry.get(request.job_id))
+        if request.events_after_seq < 0:
+            raise InvalidSpecError(f"must be >= 0, got {request.events_after_seq}", field="events_after_seq")
+        return job_to_status(self.registry.get(request.job_id), events_after_seq=request.events_after_seq)
 
 
 def binding_for(registry: JobRegistry) -> ServiceBinding:

@@ -51,6 +51,7 @@ class Behaviour:
     paused: threading.Event = field(default_factory=threading.Event)
     calls: list[dict] = field(default_factory=list)
     started: threading.Event = field(default_factory=threading.Event)
+    step_metrics: bool = False                # each step's progress carries {"<phase>/fake_step": step}
 
 
 class FakePhaseRunner:
@@ -76,7 +77,8 @@ class FakePhaseRunner:
                 while not self.b.hold.wait(0.01):
                     ctx.check_cancelled()
             time.sleep(self.b.step_delay)
-            ctx.progress("work", fraction=step / self.b.steps, step=step, total_steps=self.b.steps)
+            ctx.progress("work", fraction=step / self.b.steps, step=step, total_steps=self.b.steps,
+                         metrics={f"{self.phase}/fake_step": float(step)} if self.b.step_metrics else None)
             ctx.save_checkpoint(step, tensors={"state": {"x": torch.full((2,), float(step))}}, state={})
             if step == self.b.pause_after:
                 self.b.paused.set()

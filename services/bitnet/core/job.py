@@ -45,6 +45,10 @@ Reported (gate metrics first):
   bitnet/thinking_tokens_present ("What is 2+2?" answered with [thinking] … [/endthinking], the checklist's
   post-Phase-4 test), bitnet/gsm8k_acc, bitnet/arc_acc, bitnet/piqa_acc (the benchmark suite; speed lives
   in bench/)
+Progress series (the run report's): after calibration bitnet/weight_error/<layer> (each BitLinear's relative
+ternarization error); after each block's stage (step = block index + 1) bitnet/block, /block_nll (λ = 1),
+/block_nll_fp (the same weights at λ = 0), /block_nll_cost (their difference, nats), /block_cost (that as a
+share of the input model's gain, when defined) and /block_reverted.
 """
 
 from __future__ import annotations
@@ -336,6 +340,7 @@ class BitNetRunner:
             ctx.progress("freezing and packing", fraction=0.8)
             metrics = self.finish(ctx, tel, work, src, original, model, report, config, spec, evaluation_batches,
                                   test, tokenizer, gain_fp, nll_fp, vocab, evaluation)
+            ctx.progress("publishing", fraction=0.97, metrics=metrics)
             with ctx.open_artifact("model", kind="model", tokenizer="tokenizer", parents=[src_ref],
                                    config={**model.config.to_dict(), "bitnet": report["config"]}) as w:
                 for f in sorted((work / "packed").iterdir()):
@@ -348,6 +353,8 @@ class BitNetRunner:
         model = copy.deepcopy(original)
         converted = convert_to_bitlinear(model, exclude=tuple(config["preserve_layers"]))
         calibration = calibrate_quantization(model, recovery)
+        ctx.progress("calibrated", fraction=0.08, metrics={f"{M}weight_error/{n}": c["weight_error"]
+                                                           for n, c in calibration.items()})
         tel.table("bitnet/calibration", ["layer", "weight_scale", "zero_fraction", "weight_error", "act_absmax"],
                   [[n, c["weight_scale"], c["zero_fraction"], c["weight_error"], c["act_absmax"]]
                    for n, c in calibration.items()])
@@ -388,7 +395,11 @@ class BitNetRunner:
             tel.log({"bitnet/stage_block": i, "bitnet/stage_nll": nll, "bitnet/stage_reverted": float(record["reverted"]),
                      **({"bitnet/stage_cost": cost} if cost is not None else {})})
             ctx.progress(f"block {i} quantized" + (" (reverted)" if record["reverted"] else ""),
-                         step=i + 1, total_steps=len(blocks), fraction=0.1 + 0.5 * (i + 1) / len(blocks))
+                         step=i + 1, total_steps=len(blocks), fraction=0.1 + 0.5 * (i + 1) / len(blocks),
+                         metrics={M + "block": float(i), M + "block_nll": nll, M + "block_nll_fp": nll_latent,
+                                  M + "block_nll_cost": nll - nll_latent,
+                                  M + "block_reverted": float(record["reverted"]),
+                                  **({M + "block_cost": cost} if cost is not None else {})})
         drop = 1 - gain(heldout_nll(model, evaluation), vocab) / gain_fp if gain_fp >= GAIN_FLOOR else None
         recovery_ran = False
         if drop is not None and drop > RECOVERY_ABOVE and spec.recovery_epochs > 0:

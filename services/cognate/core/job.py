@@ -12,6 +12,14 @@ Artifacts: "ancestor" and "model_reasoning" / "model_memory" / "model_speed", ea
   cognate/compute_diversity        relative spread of executed FLOPs per token (the proxy for speed)
 Per-model metrics are reported as cognate/<model>/<name>; the loss barrier between each pair of variants
 as cognate/barrier/<a>-<b>.
+
+Progress series (the run report's plots). Training events carry the model's own schedule step, so the
+variants' curves continue the warm-up's ("warmup" is the ancestor): cognate/<model>/train_loss at up to
+LOSS_SERIES_POINTS evenly spaced steps and at each epoch's end; at an epoch's end also
+cognate/<model>/epoch_val_loss, …/epoch_halting_steps and the halting-step histogram …/halting_hist/<k>
+(validation positions that executed k supervision steps, k = 1 … n_sup). After evaluation, one event per
+point t_i of the straight line between each pair of variants (step i): cognate/barrier_path/t = t_i and
+cognate/barrier_path/<a>-<b> = the validation NLL there.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from shared.telemetry.wandb_run import Telemetry
 
 log = logging.getLogger(__name__)
 VARIANTS = ("reasoning", "memory", "speed")
+LOSS_SERIES_POINTS = 200      # train-loss progress events per model at most, about evenly spaced
 WANDB_PROJECT = "agent-forge-v2"
 
 
@@ -56,17 +65,25 @@ def task_metrics(model, tokenizer, data, evaluation: dict) -> dict[str, float]:
     return out
 
 
+def halting_histogram(steps: torch.Tensor, n_sup: int) -> dict[str, float]:
+    """{"val/halting_hist/<k>": positions that executed k supervision steps} for k = 1 … max(n_sup, the most
+    executed), zeros included, so every model's histogram has the same bins."""
+    counts = torch.bincount(steps.flatten().round().long().cpu(), minlength=n_sup + 1)
+    return {f"val/halting_hist/{k}": float(counts[k]) for k in range(1, max(n_sup + 1, len(counts)))}
+
+
 def epoch_validation(model, batches) -> dict[str, float]:
-    """val/loss, val/accuracy and the mean executed halting steps on a few validation batches, in eval mode
-    (ACT halting, no dropout; no random numbers drawn, so a resumed job's curve is unchanged); the model's
-    training mode is restored."""
+    """val/loss, val/accuracy, the mean executed halting steps and their histogram (halting_histogram) on a
+    few validation batches, in eval mode (ACT halting, no dropout; no random numbers drawn, so a resumed job's
+    curve is unchanged); the model's training mode is restored."""
     was_training = model.training
     device = next(model.parameters()).device
     try:
         nll, accuracy = validate(model, [{k: t.to(device) for k, t in b.items()} for b in batches])
         with torch.no_grad():
             steps = torch.cat([model(b["input_ids"].to(device)).halting_steps.flatten() for b in batches])
-        return {names.VAL_LOSS: nll, names.VAL_ACCURACY: accuracy, "val/halting_steps": float(steps.mean())}
+        return {names.VAL_LOSS: nll, names.VAL_ACCURACY: accuracy, "val/halting_steps": float(steps.mean()),
+                **halting_histogram(steps, int(model.config.n_sup))}
     finally:
         model.train(was_training)
 
@@ -86,6 +103,7 @@ class CognateRunner:
             ctx.progress("loading data", fraction=0.01)
             data = load_cognate_data(ctx, work)
             total = sum(schedule(ctx.spec)[1].values())
+            every = max(1, max(schedule(ctx.spec)[1].values()) // LOSS_SERIES_POINTS)
             done = [0]
 
             val_batches = validation_batches(data, data.tokenizer, ctx.spec.model.max_seq_len, limit=2)
@@ -97,12 +115,18 @@ class CognateRunner:
                          f"{name}/{names.TRAIN_PERPLEXITY}": math.exp(min(loss, 30)),
                          f"{name}/train/tokens_per_s": info.tokens_per_s,
                          f"{name}/train/memory_mb": info.memory_mb}, step=done[0])
+                step = info.step + 1      # the model's own schedule step (1-based): it continues across a resume
+                series = {f"cognate/{name}/train_loss": loss} if step % every == 0 or info.epoch_end else {}
                 if info.epoch_end:
-                    tel.log({f"{name}/{k}": v for k, v in epoch_validation(info.model, val_batches).items()},
-                            step=done[0])
-                if done[0] % 10 == 0:
-                    ctx.progress(f"training {name}", fraction=min(0.8, 0.8 * done[0] / max(1, total)), step=done[0],
-                                 total_steps=total, metrics={f"cognate/{name}/train_loss": loss})
+                    val = epoch_validation(info.model, val_batches)
+                    tel.log({f"{name}/{k}": v for k, v in val.items()}, step=done[0])
+                    series.update({f"cognate/{name}/epoch_val_loss": val[names.VAL_LOSS],
+                                   f"cognate/{name}/epoch_halting_steps": val["val/halting_steps"],
+                                   **{f"cognate/{name}/{k.removeprefix('val/')}": v for k, v in val.items()
+                                      if k.startswith("val/halting_hist/")}})
+                if series:
+                    ctx.progress(f"training {name}", fraction=min(0.8, 0.8 * done[0] / max(1, total)), step=step,
+                                 total_steps=info.segment.last_step, metrics=series)
 
             session = TrainingSession(ctx.spec, data, ctx=ctx, on_step=on_step)
             ancestor = session.warmup()
@@ -138,10 +162,17 @@ class CognateRunner:
             if "gsm8k_acc" in metrics["reasoning"]:
                 flat["cognate/gsm8k_acc"] = metrics["reasoning"]["gsm8k_acc"]
             t0 = time.perf_counter()
+            paths = {}
             for a, b in itertools.combinations(VARIANTS, 2):
-                flat[f"cognate/barrier/{a}-{b}"] = div.loss_barrier(
-                    models[a], models[b], batches, endpoint_losses=(profiles[a].nll, profiles[b].nll))["barrier"]
+                paths[f"{a}-{b}"] = div.loss_barrier(models[a], models[b], batches,
+                                                     endpoint_losses=(profiles[a].nll, profiles[b].nll))
+                flat[f"cognate/barrier/{a}-{b}"] = paths[f"{a}-{b}"]["barrier"]
             log.info("loss barriers: %.1f s", time.perf_counter() - t0)
+            points = next(iter(paths.values()))["t"]      # every pair is measured at the same t
+            for i, t in enumerate(points):
+                ctx.progress("loss barriers", fraction=0.9, step=i, total_steps=len(points), metrics={
+                    "cognate/barrier_path/t": t,
+                    **{f"cognate/barrier_path/{pair}": path["losses"][i] for pair, path in paths.items()}})
             flat = {k: v for k, v in flat.items() if math.isfinite(v)}   # never report a non-number
             for name in ("ancestor", *VARIANTS):
                 tel.log({f"{name}/{names.VAL_LOSS}": metrics[name]["val_loss"],

@@ -3,7 +3,8 @@
 One `tick()` advances every active run by looking at its phases in dependency order:
   pending/waiting  -> (deps done) reuse a finished phase, or take the accelerator lease if the phase
                       needs one, and submit the job with request_id "<run>.<phase>.a<attempt>"
-  running          -> poll the job; renew its lease while the worker answers; record progress;
+  running          -> poll the job; renew its lease while the worker answers; record progress and every
+                      metric-carrying progress event (run events of kind "metrics", in order, none twice);
                       a worker that forgot the job (restart) gets the same request again and resumes
                       from its checkpoints; on success promote its job-scoped artifacts (only while its
                       fencing token is current), release the lease and judge the gate table
@@ -13,7 +14,9 @@ and lets it continue. Everything lives in SQLite, so a restarted coordinator pic
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import threading
 import time
 import uuid
@@ -71,6 +74,9 @@ class Coordinator:
         self.leases.restore()
         self.units.restore()
         self._lock = threading.RLock()
+        # (run_id, phase) -> (job_id, event_log_id, seq): how far a job's metric events are stored; rebuilt
+        # from the stored events after a restart (_metrics_cursor)
+        self._cursors: dict[tuple[str, str], tuple[str, str, int]] = {}
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -303,12 +309,14 @@ class Coordinator:
     def _poll(self, run: RunRecord, profile: Profile, ph: PhaseRecord) -> None:
         executor = self.executors[ph.phase]
         try:
-            view = executor.get(ph.job_id)
+            view = self._collect_metrics(run.run_id, ph, executor)
         except NotFoundError:
             self._resubmit(run, profile, ph)
             return
         except WorkerUnavailableError:
             return  # no renewal: a dead worker's lease expires and is reclaimed by reap()
+        # a NaN or infinite value has no JSON form in the state file: it counts as not reported (its gate fails)
+        view = dataclasses.replace(view, metrics={k: v for k, v in view.metrics.items() if math.isfinite(v)})
         if ph.lease_id:
             try:
                 self.leases.renew(ph.lease_id, ph.fencing_token)
@@ -329,6 +337,55 @@ class Coordinator:
         elif view.state is JobState.CANCELLED:
             self._release(ph)
             self._fail(run, ph.phase, "the job was cancelled by its worker")
+
+    def _metrics_cursor(self, run_id: str, ph: PhaseRecord) -> tuple[str, int]:
+        """(event_log_id, seq) of the last metric event stored for the phase's current job; ("", 0) if none."""
+        cached = self._cursors.get((run_id, ph.phase))
+        if cached is None:
+            last = self.state.last_event(run_id, "metrics", ph.phase)
+            p = last.payload if last is not None else {}
+            cached = (p.get("job_id", ""), p.get("event_log_id", ""), int(p.get("seq", 0)))
+        job_id, log_id, seq = cached
+        return (log_id, seq) if job_id == ph.job_id else ("", 0)
+
+    def _collect_metrics(self, run_id: str, ph: PhaseRecord, executor: PhaseExecutor):
+        """Get the job, storing each of its metric-carrying progress events as a run event of kind "metrics"
+        (payload: job_id, event_log_id, seq, stage, step, metrics, time), page after page, in order.
+
+        The cursor is the last stored event itself, written in the same transaction as the events, so a
+        coordinator restarted at any moment neither stores an event twice nor skips one. A job whose worker
+        restarted has a new event log (its seqs start again at 1): its events are collected from the start."""
+        log_id, seq = self._metrics_cursor(run_id, ph)
+        asked = seq
+        view = executor.get(ph.job_id, events_after_seq=asked)
+        while True:
+            if view.event_log_id != log_id:
+                log_id, seq = view.event_log_id, 0
+                if asked != 0:   # that page was cut from another log: ask this one from its start
+                    asked = 0
+                    view = executor.get(ph.job_id, events_after_seq=0)
+                    continue
+            if view.events:
+                self.state.append_events(run_id, [("metrics", ph.phase, self._metrics_payload(ph.job_id, log_id, e))
+                                                  for e in view.events])
+                seq = view.events[-1].seq
+                self._notify()
+            self._cursors[(run_id, ph.phase)] = (ph.job_id, log_id, seq)
+            if not view.more_events:
+                return view
+            asked = seq
+            view = executor.get(ph.job_id, events_after_seq=asked)
+
+    @staticmethod
+    def _metrics_payload(job_id: str, log_id: str, e) -> dict[str, Any]:
+        """A metric event as stored. A non-finite value has no JSON form: it is left out and named."""
+        values = {k: float(v) for k, v in e.metrics.items()}
+        payload = {"state": "", "message": e.stage, "job_id": job_id, "event_log_id": log_id, "seq": e.seq,
+                   "stage": e.stage, "step": e.step, "time": e.time,
+                   "metrics": {k: v for k, v in values.items() if math.isfinite(v)}}
+        if len(payload["metrics"]) < len(values):
+            payload["non_finite"] = sorted(k for k, v in values.items() if not math.isfinite(v))
+        return payload
 
     @staticmethod
     def _request(run: RunRecord, profile: Profile, phase: str, request_id: str, token: int,

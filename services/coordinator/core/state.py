@@ -390,6 +390,31 @@ class StateStore:
             self._require_run(conn, run_id)
             return self._append_event(conn, run_id, kind, phase, payload, self._clock())
 
+    def append_events(self, run_id: str, events: list[tuple[str, str | None, dict]]) -> list[EventRecord]:
+        """Append (kind, phase, payload) events in one transaction: all of them or none, seqs consecutive."""
+        _require_id("run_id", run_id)
+        for i, (kind, phase, payload) in enumerate(events):
+            _require_id(f"events[{i}].kind", kind)
+            if phase is not None:
+                _require_id(f"events[{i}].phase", phase)
+            if not isinstance(payload, dict):
+                raise InvalidSpecError(f"must be a mapping, got {type(payload).__name__}", field=f"events[{i}].payload")
+        now = self._clock()
+        with self._tx() as conn:
+            self._require_run(conn, run_id)
+            return [self._append_event(conn, run_id, kind, phase, payload, now) for kind, phase, payload in events]
+
+    def last_event(self, run_id: str, kind: str, phase: str | None = None) -> EventRecord | None:
+        """A run's newest event of `kind` (of `phase`, when given), or None."""
+        _require_ids(run_id=run_id, kind=kind)
+        sql, params = "SELECT * FROM events WHERE run_id = ? AND kind = ?", [run_id, kind]
+        if phase is not None:
+            sql, params = sql + " AND phase = ?", [*params, phase]
+        with self._tx(write=False) as conn:
+            self._require_run(conn, run_id)
+            row = conn.execute(sql + " ORDER BY seq DESC LIMIT 1", params).fetchone()
+        return None if row is None else _record(EventRecord, row)
+
     def events(self, run_id: str, after_seq: int = 0, limit: int | None = None) -> list[EventRecord]:
         """A run's events with seq > after_seq, oldest first (WatchRun resumes from the last seq it sent)."""
         _require_id("run_id", run_id)

@@ -17,6 +17,8 @@ Reported (gate metric first):
   evomerge/champion_vs_best_parent, on the unseen split
   evomerge/distance_to_nearest_parent   L2 weight distance from the champion to the closest parent
 W&B: generation, best_fitness, diversity, improvement per generation; the generation-0 per-combo table.
+Progress per generation (step = generation; the run report's series): evomerge/best_fitness, /mean_fitness,
+/worst_fitness (over the population), /diversity (relative to generation 0's), /improvement, /reinjected.
 The population is checkpointed after every generation; a restarted job continues from the last one. On a GPU
 job (device cuda/auto) the parents and the population live on the GPU when manage_population_memory says
 population_size + 4 models fit in its free memory, else on the CPU.
@@ -135,7 +137,11 @@ class EvoMergeRunner:
                 ctx.progress(f"generation {record.generation}", step=record.generation, total_steps=spec.generations,
                              fraction=0.05 + 0.85 * record.generation / max(1, spec.generations),
                              metrics={"evomerge/best_fitness": record.best_fitness,
-                                      "evomerge/improvement": record.improvement})
+                                      "evomerge/improvement": record.improvement,
+                                      "evomerge/diversity": record.diversity,
+                                      "evomerge/reinjected": float(record.reinjected),
+                                      **({"evomerge/mean_fitness": sum(record.fitness) / len(record.fitness),
+                                          "evomerge/worst_fitness": min(record.fitness)} if record.fitness else {})})
 
             last = evo.run(on_generation)
             champion = evo.champion()

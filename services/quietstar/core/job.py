@@ -40,6 +40,11 @@ Reported (gate metrics first):
   quietstar/baking_format_adherence, quietstar/baking_epochs, quietstar/baking_mitigated, quietstar/baking_converged
   quietstar/rl_steps, quietstar/rl_rollbacks, quietstar/rl_kl_coefficient, quietstar/rl_reward_threshold,
   quietstar/parameter_delta
+Progress series (the run report's): after every baking epoch (step = epoch) baking/loss and every validation
+figure, overall and per strategy (baking/accuracy_<strategy>, baking/format_adherence_<strategy>, …); RL
+figures (rl/reward, rl/coherence, rl/mixing_weight, rl/kl, rl/nll) at up to RL_SERIES_POINTS steps; at every
+anti-theater check (step = RL step) anti_theater/divergence, /ablation, /correlation (when computable),
+/passed, /kl_coefficient, /reward_threshold.
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ GRAD_CLIP = 1.0
 THEATER_ROWS = 4              # val spans the anti-theater measures use (divergence: prompts from the first 4)
 DEFAULT_EVALUATION = {"gsm8k_limit": 20, "max_new_tokens": 32}
 M = "quietstar/"
+RL_SERIES_POINTS = 200        # RL progress events (with rl/* metrics) per job at most, about evenly spaced
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
@@ -306,10 +312,12 @@ class QuietStarRunner:
         def on_epoch(record):
             scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and "/" in k}
             tel.log(scalars)
+            # the epoch's loss and every validation figure, overall and per strategy (baking/accuracy_<s>, …)
             ctx.progress(f"baking epoch {record['epoch']} ({record['stage']})", step=record["epoch"],
                          total_steps=total, fraction=0.05 + 0.35 * min(1.0, record["epoch"] / (total + 3)),
-                         metrics={k: float(record[k]) for k in ("baking/loss", FORMAT_ADHERENCE,
-                                                                "baking/answer_accuracy", "baking/token_accuracy")})
+                         metrics={"baking/loss": float(record["baking/loss"]),
+                                  **{k: float(v) for k, v in record["metrics"].items()
+                                     if k.startswith("baking/") and isinstance(v, (int, float))}})
 
         def on_checkpoint(c: BakingCheckpoint):
             tensors, meta = optimizer_state_to_tensors(c.optimizer_state)
@@ -347,21 +355,28 @@ class QuietStarRunner:
             idx = (torch.arange(b) + (step - 1) * b) % n
             return rows[idx.to(device)]
 
+        every = max(1, spec.rl_steps // RL_SERIES_POINTS)
+
         def on_step(step, stats):
             tel.log({**stats, "rl/step": step})
-            if step % 5 == 0 or step == spec.rl_steps:
+            if step % every == 0 or step == spec.rl_steps:
                 ctx.progress(f"RL step {step}", step=step, total_steps=spec.rl_steps,
                              fraction=0.5 + 0.33 * step / max(1, spec.rl_steps),
-                             metrics={k: stats[k] for k in ("rl/reward", "rl/coherence", "rl/mixing_weight")})
+                             metrics={k: stats[k] for k in ("rl/reward", "rl/coherence", "rl/mixing_weight", "rl/kl",
+                                                            "rl/nll")})
 
         def on_check(step, verdict, kl, threshold):
             values = {ANTI_THEATER_DIVERGENCE: verdict.divergence, ANTI_THEATER_ABLATION: verdict.ablation,
                       ANTI_THEATER_CORRELATION: verdict.correlation}
-            tel.log({**{k: v for k, v in values.items() if v is not None}, "anti_theater/passed": float(verdict.passed),
-                     "anti_theater/kl_coefficient": kl, "anti_theater/reward_threshold": threshold, "rl/step": step})
+            checked = {**{k: v for k, v in values.items() if v is not None},
+                       "anti_theater/passed": float(verdict.passed), "anti_theater/kl_coefficient": kl,
+                       "anti_theater/reward_threshold": threshold}
+            tel.log({**checked, "rl/step": step})
             if not verdict.passed:
                 print(f"🚨 THEATER DETECTED at step {step}: {'; '.join(verdict.failures)}; rolled back, "
                       f"kl={kl:.4g}, reward_threshold={threshold:.4g}")
+            ctx.progress(f"anti-theater check at RL step {step}", step=step, total_steps=spec.rl_steps,
+                         fraction=0.5 + 0.33 * step / max(1, spec.rl_steps), metrics=checked)
 
         def on_checkpoint(c: RLCheckpoint):
             opt_t, opt_meta = optimizer_state_to_tensors(c.optimizer_state)
