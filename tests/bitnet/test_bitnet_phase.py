@@ -1,6 +1,7 @@
-"""The bitnet phase as a job on the ci profile: a Phase-3 model (a ci-shaped model trained a little, the
-thinking tokens, a mixing head), the reasoning data and the datasets in; a packed 1.58-bit model out whose reload gives the
-in-memory logits exactly, every gate metric reported and consistent with the file; bad inputs refused."""
+"""The bitnet phase as a job on the ci profile: a Phase-3 model (tests/bitnet/conftest.py: a ci-shaped model
+with two blocks trained a little, the thinking tokens, a mixing head), the reasoning data and the datasets in; a
+packed 1.58-bit model out whose reload gives the in-memory logits exactly, every gate metric reported and
+consistent with the file; bad inputs refused."""
 
 import json
 
@@ -8,94 +9,8 @@ import pytest
 import torch
 
 from services.bitnet.core.packed import MANIFEST, PACKED, load_packed
-from services.quietstar.core.artifact import save_quietstar
-from services.quietstar.core.rl import MixingHead
-from services.quietstar.core.tokens import add_thinking_tokens
-from shared.config import load_profile
-from services.quietstar.core.baking import split_by_field
-from services.quietstar.core.job import pack_rows
-from services.reasoning_data.core.job import load_reasoning_data
-from shared.data.tokenizer import load_tokenizer, save_tokenizer
-from shared.model import TRMTitansMAG, TRMTitansMAGConfig, save_model
-from shared.runtime import JobRegistry, JobRequest, JobState, get_phase
-from shared.storage import LocalStore
-
-CI = load_profile("ci")
-SPEC = CI.phases.bitnet
-EVALUATION = CI.evaluation.model_copy(update={"gsm8k_limit": 3, "multiple_choice_limit": 4}).model_dump()
-
-
-def publish(store, key, name, folder):
-    with store.open_artifact(key, kind="model", name=name, tokenizer="tokenizer", config={"fixture": True}) as w:
-        for f in sorted(folder.iterdir()):
-            w.add_dir(f.name, f) if f.is_dir() else w.add_file(f.name, f)
-    return w.ref
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory, datasets_dir):
-    store = LocalStore(tmp_path_factory.mktemp("store"))
-    reg = JobRegistry(get_phase("datasets"), store)
-    dj = reg.submit(JobRequest(request_id="d", phase="datasets", seed=1),
-                    CI.phases.datasets.model_copy(update={"mirror_dir": str(datasets_dir)}))
-    assert dj.done.wait(300) and dj.state is JobState.SUCCEEDED, dj.error
-    reg.shutdown()
-    rd = JobRegistry(get_phase("reasoning_data"), store)
-    rj = rd.submit(JobRequest(request_id="r-bitnet", phase="reasoning_data", seed=1, inputs=dj.artifacts),
-                   CI.phases.reasoning_data)
-    assert rj.done.wait(300) and rj.state is JobState.SUCCEEDED, rj.error
-    rd.shutdown()
-    work = tmp_path_factory.mktemp("phase3")
-    tok = load_tokenizer(store.fetch(next(r for r in dj.artifacts if r.name == "tokenizer"), work / "t") / "tokenizer")
-    torch.manual_seed(0)
-    cfg = CI.phases.cognate.model
-    model = TRMTitansMAG(TRMTitansMAGConfig.from_profile(cfg, active_ltm_slots=cfg.ltm_slots))
-    add_thinking_tokens(model, tok, verbose=False)
-    # a little training on reasoning-format text (what a Phase-3 model knows), so the model has an NLL gain
-    # over uniform on it and the drop is defined
-    train, _ = split_by_field(load_reasoning_data(store, rj.artifacts[0])["examples"])
-    rows = pack_rows(tok, train, cfg.max_seq_len, seed=0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for i in range(60):
-        ids = rows[(torch.arange(8) + 8 * i) % len(rows)]
-        loss = model(ids, labels=ids).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    folder = save_quietstar(model, MixingHead(cfg.hidden_dim), tok, {"thought_length": 2, "num_thoughts": 2,
-                                                                     "lookahead_tokens": 2}, work / "model")
-    ref = publish(store, "fixtures/quietstar-model", "model", folder)
-    plain = save_model(model, work / "plain")           # a model without the Phase-3 files
-    save_tokenizer(tok, plain / "tokenizer")
-    bad = publish(store, "fixtures/not-phase3", "model", plain)
-    # a model outside the family: the Phase-3 files, but config.json says gpt2
-    foreign = work / "foreign"
-    import shutil
-
-    shutil.copytree(folder, foreign)
-    config = json.loads((foreign / "config.json").read_text())
-    (foreign / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
-    other = publish(store, "fixtures/foreign", "model", foreign)
-    return store, (ref, *rj.artifacts, *dj.artifacts), (bad, *rj.artifacts, *dj.artifacts), \
-        (other, *rj.artifacts, *dj.artifacts)
-
-
-def run_bitnet(store, inputs, request_id, spec=SPEC):
-    reg = JobRegistry(get_phase("bitnet"), store)
-    job = reg.submit(JobRequest(request_id=request_id, phase="bitnet", seed=1, inputs=inputs,
-                                evaluation=EVALUATION), spec)
-    assert job.done.wait(900)
-    job.stages = [e.stage for e in reg.watch(job.job_id)]
-    reg.shutdown()
-    return job
-
-
-@pytest.fixture(scope="module")
-def done(upstream):
-    store, inputs, *_ = upstream
-    return run_bitnet(store, inputs, "b")
+from shared.runtime import JobState
+from tests.bitnet.jobs import CI, SPEC, run_bitnet
 
 
 def test_the_packed_model_is_published_and_reloads_to_the_same_logits(upstream, done, tmp_path):

@@ -1,5 +1,6 @@
 """Phase 4 BitNet core: packed ternary storage (pack), the ternary × int8 kernel (kernel), BitLinear and the
-compression configs (quant), the packed model on disk (packed), the phase job (job).
+compression configs (quant), the packed model on disk (packed), the phase job (job) and its stage checkpoints
+(checkpoint).
 
 Checklist names owned here (tests/test_checklist_names.py): get_compression_config,
 get_conservative_compression_config, load_calibration_data, calibrate_quantization, quantize_layer,

@@ -31,6 +31,13 @@ Stages (the checklist's, quantization-aware):
    per row to `embedding_bits`, the memory's initial fast weights to `memory_init_bits`; final NLL on the
    frozen integer path; save, reload, logits checked equal.
 
+Checkpoints (services.bitnet.core.checkpoint): after calibration, after each block's stage (its revert decision
+made) and after each recovery epoch — weights, optimizer and RNG state, everything measured so far. A job
+resubmitted with the same request_id continues after the latest one, reports the restored stages again, and
+ends with the uninterrupted job's metrics and artifact bytes (tests/bitnet/test_bitnet_resume.py): a killed
+worker loses at most the stage it was in. Freezing, packing and the benchmarks (step 5: no training, but with
+the default profile's full GSM8K split the longest) are the last stage and run again after a restart.
+
 Reported (gate metrics first):
   bitnet/compression_ratio         whole artifact: fp32 bytes of the input model / bytes of packed.safetensors
   bitnet/nll_gain_retained         gain_q / gain_fp (absent when gain_fp < GAIN_FLOOR)
@@ -63,6 +70,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from services.bitnet.core import checkpoint
 from services.bitnet.core.packed import PACKED, load_packed, save_packed
 from services.bitnet.core.quant import (
     QUANTIZABLE, BitLinear, bitlinear_modules, convert_to_bitlinear, get_compression_config,
@@ -247,10 +255,22 @@ def quantize_layer(model, block: dict[str, BitLinear], batches, steps: int, opti
     return train_steps(model, batches, steps, optimizer, lam_of=lambda s: set_lambda(block, s / steps), **kw)
 
 
-def fine_tune_compressed(model, batches, *, epochs: int, lr: float, on_step=None) -> list[float]:
-    """The checklist's fine_tune_compressed: `epochs` passes over `batches` at λ = 1 (AdamW at `lr`)."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    return train_steps(model, batches, epochs * len(batches), opt, on_step=on_step)
+def fine_tune_compressed(model, batches, *, epochs: int, lr: float, on_step=None, optimizer=None,
+                         start_epoch: int = 0, on_epoch=None) -> list[float]:
+    """The checklist's fine_tune_compressed: `epochs` passes over `batches` at λ = 1 (AdamW at `lr`).
+    on_epoch(epoch, optimizer) runs after each pass (epoch from 1: the job's checkpoint); `optimizer` (its
+    state restored) and `start_epoch` (passes already done) continue an interrupted run exactly."""
+    opt = optimizer if optimizer is not None else make_optimizer(model, lr)
+    losses = []
+    for epoch in range(start_epoch, epochs):
+        losses += train_steps(model, batches, len(batches), opt, on_step=on_step)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, opt)
+    return losses
+
+
+def make_optimizer(model, lr: float) -> torch.optim.AdamW:
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
 
 
 # -- sizes ---------------------------------------------------------------------------------------------------
@@ -304,6 +324,7 @@ class BitNetRunner:
                                   spec.model_dump(mode="json"), group=ctx.request.run_id or None,
                                   job_type="bitnet", dir=os.environ.get("WANDB_DIR")) as tel:
             work = Path(tmp)
+            restored = checkpoint.read(ctx)       # refused before any work when foreign, corrupt or of other inputs
             ctx.progress("loading the Phase-3 model", fraction=0.01)
             src_ref = ctx.request.input("model")
             src = ctx.store.fetch(src_ref, work / "phase3")
@@ -325,18 +346,21 @@ class BitNetRunner:
             gain_fp = gain(nll_fp, vocab)
             ctx.progress("compressing", fraction=0.05, metrics={M + "nll_fp": nll_fp})
 
-            config = get_compression_config(category)
+            # attempt 0 with the category's config; attempt 1 (the conservative restart) when its drop is > 10%.
+            # A restored checkpoint names its attempt, and compress continues after its stage.
+            attempt = restored.attempt if restored is not None else 0
+            config = (get_conservative_compression_config if attempt else get_compression_config)(category)
             model, report = self.compress(ctx, tel, original, config, training, recovery, evaluation_batches,
-                                          spec, gain_fp, vocab)
+                                          spec, gain_fp, vocab, attempt=attempt, restored=restored)
             if report["drop"] is None:
                 log.warning("the input model's held-out NLL %.3f gives %.3f nats over uniform (< %.2f): the drop "
                             "is undefined, so no block is reverted and no recovery runs", nll_fp, gain_fp, GAIN_FLOOR)
-            elif report["drop"] > CONSERVATIVE_ABOVE:
+            elif attempt == 0 and report["drop"] > CONSERVATIVE_ABOVE:
                 print(f"❌ Accuracy drop too high: {report['drop']:.1%} > 10%: starting again with the "
                       f"conservative config")
                 config = get_conservative_compression_config(category)
                 model, report = self.compress(ctx, tel, original, config, training, recovery, evaluation_batches,
-                                              spec, gain_fp, vocab)
+                                              spec, gain_fp, vocab, attempt=1)
             ctx.progress("freezing and packing", fraction=0.8)
             metrics = self.finish(ctx, tel, work, src, original, model, report, config, spec, evaluation_batches,
                                   test, tokenizer, gain_fp, nll_fp, vocab, evaluation)
@@ -349,24 +373,55 @@ class BitNetRunner:
                                if k in (M + "compression_ratio", M + "nll_compressed", M + "model_size_mb")})
         return JobResult(artifacts=(w.ref,), metrics=metrics)
 
-    def compress(self, ctx, tel, original, config, training, recovery, evaluation, spec, gain_fp, vocab):
+    def compress(self, ctx, tel, original, config, training, recovery, evaluation, spec, gain_fp, vocab, *,
+                 attempt: int = 0, restored: checkpoint.Restored | None = None):
+        """One compression attempt (calibration, layer-by-layer staging, recovery), checkpointed after every
+        stage; with `restored` (a checkpoint of this attempt) it continues after that checkpoint's stage."""
         model = copy.deepcopy(original)
         converted = convert_to_bitlinear(model, exclude=tuple(config["preserve_layers"]))
-        calibration = calibrate_quantization(model, recovery)
-        ctx.progress("calibrated", fraction=0.08, metrics={f"{M}weight_error/{n}": c["weight_error"]
-                                                           for n, c in calibration.items()})
-        tel.table("bitnet/calibration", ["layer", "weight_scale", "zero_fraction", "weight_error", "act_absmax"],
-                  [[n, c["weight_scale"], c["zero_fraction"], c["weight_error"], c["act_absmax"]]
-                   for n, c in calibration.items()])
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.recovery_lr,
-                                weight_decay=0.0)
+        opt = make_optimizer(model, spec.recovery_lr)
         blocks = [b for b in blocks_of(model) if b]
         per_block = spec.lambda_warmup_steps // max(1, len(blocks))
-        base_nll = heldout_nll(model, evaluation)
-        stages, reverted = [], []
-        for i, block in enumerate(blocks):
-            saved = copy.deepcopy(model.state_dict())
-            opt_saved = copy.deepcopy(opt.state_dict())
+        recovery_opt = None
+
+        def state(stage: str, **extra) -> dict:
+            return {"attempt": attempt, "config": config, "converted": converted, "stage": stage,
+                    "calibration": calibration, "base_nll": base_nll, "stages": stages, "reverted": reverted,
+                    **extra}
+
+        if restored is None:
+            calibration = calibrate_quantization(model, recovery)
+            base_nll = heldout_nll(model, evaluation)
+            stages, reverted = [], []
+            checkpoint.save(ctx, checkpoint.calibrated_step(attempt), model, opt, state("calibrated"))
+            self.report_calibration(ctx, tel, calibration)
+        else:
+            saved = restored.state
+            made_for = [saved["attempt"], saved["config"], saved["converted"]]
+            if made_for != checkpoint.as_json([attempt, config, converted]) or len(saved["stages"]) > len(blocks):
+                raise FailedPreconditionError(
+                    f"checkpoint step {restored.step} was written for another compression (attempt "
+                    f"{saved['attempt']}, {len(saved['converted'])} converted layers, {len(saved['stages'])} blocks "
+                    f"staged); this job's attempt {attempt} converts {len(converted)} layers in {len(blocks)} blocks")
+            calibration, base_nll = saved["calibration"], saved["base_nll"]
+            stages, reverted = list(saved["stages"]), list(saved["reverted"])
+            if restored.stage == "recovery":
+                recovery_opt = make_optimizer(model, spec.recovery_lr)
+            restored.load_into(model, recovery_opt if recovery_opt is not None else opt)
+            ctx.resumed_from_step = restored.step
+            log.info("resuming compression attempt %d after its %s stage (checkpoint step %d)", attempt,
+                     restored.stage, restored.step)
+            # the stages done before the restart report again (same stage, step and values), so the job's
+            # metrics and progress series are those of an uninterrupted job; the message says where they came from
+            note = f"restored from checkpoint step {restored.step}"
+            self.report_calibration(ctx, tel, calibration, message=note)
+            for record in stages:
+                self.report_block(ctx, tel, record, len(blocks), message=note)
+
+        for i in range(len(stages), len(blocks)):
+            block = blocks[i]
+            saved_model = copy.deepcopy(model.state_dict())
+            saved_opt = copy.deepcopy(opt.state_dict())
             quantize_layer(model, block, training, per_block, opt,
                            on_step=lambda loss: tel.log({"bitnet/qat_loss": loss}))
             nll = heldout_nll(model, evaluation)
@@ -382,8 +437,8 @@ class BitNetRunner:
                       "cost": cost, "reverted": False}
             if cost is not None and cost > spec.max_layer_drop:
                 print(f"⚠️ Block {i} cost {cost:.1%} of the NLL gain, reverting it")
-                model.load_state_dict(saved)
-                opt.load_state_dict(opt_saved)
+                model.load_state_dict(saved_model)
+                opt.load_state_dict(saved_opt)
                 set_lambda(block, 0.0)
                 record["reverted"] = True
                 reverted.append(i)
@@ -392,21 +447,29 @@ class BitNetRunner:
                                            f"NLL {nll_latent:.3f} → {nll:.3f} (no gain to measure a cost against)"))
                 base_nll = nll
             stages.append(record)
-            tel.log({"bitnet/stage_block": i, "bitnet/stage_nll": nll, "bitnet/stage_reverted": float(record["reverted"]),
-                     **({"bitnet/stage_cost": cost} if cost is not None else {})})
-            ctx.progress(f"block {i} quantized" + (" (reverted)" if record["reverted"] else ""),
-                         step=i + 1, total_steps=len(blocks), fraction=0.1 + 0.5 * (i + 1) / len(blocks),
-                         metrics={M + "block": float(i), M + "block_nll": nll, M + "block_nll_fp": nll_latent,
-                                  M + "block_nll_cost": nll - nll_latent,
-                                  M + "block_reverted": float(record["reverted"]),
-                                  **({M + "block_cost": cost} if cost is not None else {})})
-        drop = 1 - gain(heldout_nll(model, evaluation), vocab) / gain_fp if gain_fp >= GAIN_FLOOR else None
+            checkpoint.save(ctx, checkpoint.block_step(attempt, i), model, opt, state("block"))
+            self.report_block(ctx, tel, record, len(blocks))
+
+        if restored is not None and restored.stage == "recovery":
+            drop, start = restored.state["drop_before_recovery"], int(restored.state["recovery_epoch"])
+        else:
+            drop, start = self.drop(model, evaluation, gain_fp, vocab), 0
         recovery_ran = False
         if drop is not None and drop > RECOVERY_ABOVE and spec.recovery_epochs > 0:
-            print(f"Fine-tuning to recover from {drop:.1%} drop")
+            drop_before = drop
+
+            def on_epoch(epoch: int, optimizer) -> None:
+                checkpoint.save(ctx, checkpoint.recovery_step(attempt, len(blocks), epoch), model, optimizer,
+                                state("recovery", drop_before_recovery=drop_before, recovery_epoch=epoch))
+                ctx.progress(f"recovery epoch {epoch}", step=epoch, total_steps=spec.recovery_epochs,
+                             fraction=0.6 + 0.15 * epoch / spec.recovery_epochs)
+
+            if start == 0:
+                print(f"Fine-tuning to recover from {drop:.1%} drop")
             fine_tune_compressed(model, recovery, epochs=spec.recovery_epochs, lr=spec.recovery_lr,
-                                 on_step=lambda loss: tel.log({"bitnet/recovery_loss": loss}))
-            drop = 1 - gain(heldout_nll(model, evaluation), vocab) / gain_fp
+                                 on_step=lambda loss: tel.log({"bitnet/recovery_loss": loss}),
+                                 optimizer=recovery_opt, start_epoch=start, on_epoch=on_epoch)
+            drop = self.drop(model, evaluation, gain_fp, vocab)
             print(f"After fine-tuning: {drop:.1%} drop")
             recovery_ran = True
         # what quantization itself costs on the final weights: every converted layer at its λ vs all at 0
@@ -420,6 +483,30 @@ class BitNetRunner:
         return model, {"converted": converted, "calibration": calibration, "stages": stages, "reverted": reverted,
                        "drop": drop, "recovery_ran": recovery_ran, "config": config,
                        "quantization_nll_cost": nll_q - nll_latent}
+
+    @staticmethod
+    def drop(model, evaluation, gain_fp: float, vocab: int) -> float | None:
+        """The share of the input model's NLL gain lost; None when that gain is under GAIN_FLOOR."""
+        return 1 - gain(heldout_nll(model, evaluation), vocab) / gain_fp if gain_fp >= GAIN_FLOOR else None
+
+    @staticmethod
+    def report_calibration(ctx, tel, calibration, *, message: str = "") -> None:
+        ctx.progress("calibrated", fraction=0.08, message=message,
+                     metrics={f"{M}weight_error/{n}": c["weight_error"] for n, c in calibration.items()})
+        tel.table("bitnet/calibration", ["layer", "weight_scale", "zero_fraction", "weight_error", "act_absmax"],
+                  [[n, c["weight_scale"], c["zero_fraction"], c["weight_error"], c["act_absmax"]]
+                   for n, c in calibration.items()])
+
+    @staticmethod
+    def report_block(ctx, tel, record, n_blocks: int, *, message: str = "") -> None:
+        i, nll, nll_latent, cost = record["block"], record["nll_after"], record["nll_same_weights_fp"], record["cost"]
+        tel.log({"bitnet/stage_block": i, "bitnet/stage_nll": nll, "bitnet/stage_reverted": float(record["reverted"]),
+                 **({"bitnet/stage_cost": cost} if cost is not None else {})})
+        ctx.progress(f"block {i} quantized" + (" (reverted)" if record["reverted"] else ""), message=message,
+                     step=i + 1, total_steps=n_blocks, fraction=0.1 + 0.5 * (i + 1) / n_blocks,
+                     metrics={M + "block": float(i), M + "block_nll": nll, M + "block_nll_fp": nll_latent,
+                              M + "block_nll_cost": nll - nll_latent, M + "block_reverted": float(record["reverted"]),
+                              **({M + "block_cost": cost} if cost is not None else {})})
 
     def finish(self, ctx, tel, work, src, original, model, report, config, spec, evaluation, test, tokenizer,
                gain_fp, nll_fp, vocab, ev) -> dict[str, float]:
