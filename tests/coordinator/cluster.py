@@ -52,6 +52,9 @@ class Behaviour:
     calls: list[dict] = field(default_factory=list)
     started: threading.Event = field(default_factory=threading.Event)
     step_metrics: bool = False                # each step's progress carries {"<phase>/fake_step": step}
+    linger: threading.Event | None = None     # when given, a cancelled job goes on (a long GPU step) until it is set
+    lingering: threading.Event = field(default_factory=threading.Event)
+    error: str = ""                           # when set, the job fails with this message after its steps
 
 
 class FakePhaseRunner:
@@ -75,7 +78,7 @@ class FakePhaseRunner:
         for step in range(first, self.b.steps + 1):
             if self.b.hold is not None:
                 while not self.b.hold.wait(0.01):
-                    ctx.check_cancelled()
+                    self._check_cancelled(ctx, record)
             time.sleep(self.b.step_delay)
             ctx.progress("work", fraction=step / self.b.steps, step=step, total_steps=self.b.steps,
                          metrics={f"{self.phase}/fake_step": float(step)} if self.b.step_metrics else None)
@@ -83,12 +86,24 @@ class FakePhaseRunner:
             if step == self.b.pause_after:
                 self.b.paused.set()
                 while not self.b.pause.wait(0.01):
-                    ctx.check_cancelled()
+                    self._check_cancelled(ctx, record)
+        if self.b.error:
+            raise RuntimeError(self.b.error)
         with ctx.open_artifact(f"{self.phase}_out", kind="other", parents=ctx.request.inputs) as w:
             w.add_json("out.json", {"phase": self.phase, "inputs": record["inputs"]})
         record["end"] = time.monotonic()
         metrics = passing_metrics(self.phase) if self.b.metrics is None else dict(self.b.metrics)
         return JobResult(artifacts=(w.ref,), metrics=metrics)
+
+    def _check_cancelled(self, ctx, record: dict) -> None:
+        """Stop when cancelled, after `linger` is set if the behaviour has one; record when it stopped."""
+        if not ctx.cancelled:
+            return
+        if self.b.linger is not None:
+            self.b.lingering.set()
+            self.b.linger.wait()
+        record["stopped"] = time.monotonic()
+        ctx.check_cancelled()
 
 
 class Cluster:

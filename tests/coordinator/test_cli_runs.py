@@ -161,7 +161,7 @@ def test_cancel_of_a_held_run(cluster, runs):
     assert rc == 0
     assert out.splitlines()[0].startswith(f"run {run_id}  cancelled")
     assert cluster.run(run_id).state == "cancelled"
-    assert cluster.coordinator.leases.free_slots() == 1
+    cluster.wait(lambda: cluster.coordinator.leases.free_slots() == 1, what="the lease released once the job stopped")
     rc, out, _ = runs("status", run_id)
     rows = status_rows(out)
     assert rows["cognate"] == "cancelled" and rows["bitnet"] == "cancelled"

@@ -179,14 +179,16 @@ def test_cancel_stops_jobs_and_releases_the_lease(cluster):
     assert cluster.coordinator.leases.free_slots() == 0
     run = cluster.stub.CancelRun(coordinator_pb2.RunRef(run_id=run_id), timeout=10)
     assert run.state == "cancelled"
-    assert cluster.coordinator.leases.free_slots() == 1
     job_id = cluster.phase(run_id, "cognate").job_id
     server, registry = cluster.workers["cognate"]
     cluster.wait(lambda: registry.get(job_id).state.value == "cancelled", what="job cancelled")
+    # released once the worker reports the job stopped (tests/coordinator/test_lease_handover.py)
+    cluster.wait(lambda: cluster.coordinator.leases.free_slots() == 1, what="the lease released")
     assert {p.state for p in run.phases if p.phase not in ("datasets", "reasoning_data")} == {"cancelled"}
 
 
 def test_work_units_over_grpc_go_to_each_worker_once(cluster):
+    cluster.behaviour["cognate"].hold = threading.Event()   # the run stays running: only its units are handed out
     run_id = cluster.create(start_phase="", request_id="units")
     units = [coordinator_pb2.WorkUnit(unit_id=f"u{i}") for i in range(5)]
     reply = cluster.stub.PlanUnits(coordinator_pb2.PlanUnitsRequest(run_id=run_id, phase="reasoning_data", units=units), timeout=10)
@@ -202,6 +204,32 @@ def test_work_units_over_grpc_go_to_each_worker_once(cluster):
             assert cluster.stub.CompleteUnit(coordinator_pb2.CompleteUnitRequest(unit=ref, artifact=art), timeout=10).newly_completed
             assert not cluster.stub.CompleteUnit(coordinator_pb2.CompleteUnitRequest(unit=ref, artifact=art), timeout=10).newly_completed
     assert sorted(got) == [f"u{i}" for i in range(5)]
+
+
+def test_units_of_a_cancelled_or_failed_run_are_not_handed_out_even_by_name(cluster):
+    cluster.behaviour["cognate"].hold = threading.Event()   # keeps a run running
+    live, cancelled = cluster.create(), cluster.create()
+    cluster.wait(lambda: cluster.phase(cancelled, "cognate").state == "waiting", what="datasets of both runs done")
+    cluster.behaviour["datasets"].error = "no data today"
+    failed = cluster.create()
+    cluster.wait_run(failed, states=("failed",))
+    for run_id in (live, cancelled, failed):
+        units = [coordinator_pb2.WorkUnit(unit_id=f"u{i}") for i in range(2)]
+        cluster.stub.PlanUnits(coordinator_pb2.PlanUnitsRequest(run_id=run_id, phase="reasoning_data", units=units),
+                               timeout=10)
+    cluster.stub.CancelRun(coordinator_pb2.RunRef(run_id=cancelled), timeout=10)
+
+    def lease(run_id):
+        return cluster.stub.LeaseUnit(coordinator_pb2.LeaseUnitRequest(run_id=run_id, phase="reasoning_data",
+                                                                       worker="w"), timeout=10)
+
+    assert not lease(cancelled).granted and not lease(failed).granted
+    for run_id in (cancelled, failed):
+        listed = cluster.stub.ListUnits(coordinator_pb2.ListUnitsRequest(run_id=run_id, phase="reasoning_data"),
+                                        timeout=10).units
+        assert [u.state for u in listed] == ["pending", "pending"]
+    got = lease(live)
+    assert got.granted and got.run_id == live
 
 
 def test_bad_input_gets_clear_errors(cluster):

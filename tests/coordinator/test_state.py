@@ -257,6 +257,7 @@ def test_list_runs_newest_first_and_filtered(tmp_path):
         assert [r.run_id for r in s.list_runs()] == ["r2", "r1", "r0"]
         assert [r.run_id for r in s.list_runs(["failed"])] == ["r1"]
         assert [r.run_id for r in s.list_runs("running")] == ["r2", "r0"]
+        assert [r.run_id for r in s.list_runs("running", oldest_first=True)] == ["r0", "r2"]
         assert s.list_runs([]) == []
         assert s.get_run("r1").updated_at > s.get_run("r1").created_at
 

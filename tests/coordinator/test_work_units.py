@@ -239,3 +239,14 @@ def test_bad_requests_name_the_field():
     with pytest.raises(InvalidSpecError) as info:
         WorkUnitPool(InMemoryUnitJournal(), ttl_s=-1)
     assert info.value.field == "ttl_s"
+
+
+def test_a_pool_hands_out_nothing_of_a_run_it_is_told_is_not_running():
+    stopped = {"run-stopped"}
+    pool = WorkUnitPool(InMemoryUnitJournal(), ttl_s=TTL, clock=FakeClock(),
+                        accepts_work=lambda run_id, phase: run_id not in stopped)
+    pool.plan("run-stopped", PHASE, units(2))
+    pool.plan(RUN, PHASE, units(1))
+    assert pool.lease("run-stopped", PHASE, "w1") is None
+    assert [u.state for u in pool.units("run-stopped", PHASE)] == ["pending", "pending"]
+    assert pool.lease(RUN, PHASE, "w1").unit_id == "u00"

@@ -1,6 +1,7 @@
 """The coordinator's state machine: runs as a phase graph, gates, the accelerator lease, restart safety.
 
-One `tick()` advances every active run by looking at its phases in dependency order:
+One `tick()` advances every active run, oldest run first (so a freed accelerator lease goes to the run that
+has waited longest), by looking at its phases in dependency order:
   pending/waiting  -> (deps done) reuse a finished phase, or take the accelerator lease if the phase
                       needs one, and submit the job with request_id "<run>.<phase>.a<attempt>"
   running          -> poll the job; renew its lease while the worker answers; record progress and every
@@ -9,7 +10,17 @@ One `tick()` advances every active run by looking at its phases in dependency or
                       from its checkpoints; on success promote its job-scoped artifacts (only while its
                       fencing token is current), release the lease and judge the gate table
 A failed gate stops the run ("blocked") with metric, value and threshold; ApproveGate records who and why
-and lets it continue. Everything lives in SQLite, so a restarted coordinator picks up where it stopped.
+and lets it continue. Only a running run hands out work units (WorkUnitPool's `accepts_work`).
+
+CancelRun reports the run and its phases "cancelled" at once and asks each running job's worker to stop. A
+cancelled job that holds the accelerator lease keeps it until it has really stopped: the phase keeps its
+lease_id, and each tick drains such leases (`_drain`): it polls the job, renewing the lease and repeating
+the cancel while the worker answers that the job still runs, and releases the lease once the job is terminal
+(or unknown to its worker). A worker that stops answering loses the lease one TTL later, as any holder does.
+So the next holder never starts while the cancelled job may still be on the accelerator (§8). The lease and
+the phase's lease_id are in SQLite, so a coordinator restarted mid-cancel finishes the drain. A cancelled
+phase retried before its job stopped waits for the drain before it asks for a lease again.
+Everything lives in SQLite, so a restarted coordinator picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -70,7 +81,7 @@ class Coordinator:
         self.phases = dict(phases)
         self.executors = dict(executors)
         self.leases = AcceleratorLeases(state, capacity=accelerators, ttl_s=lease_ttl_s, clock=clock)
-        self.units = WorkUnitPool(state, ttl_s=unit_ttl_s, clock=clock)
+        self.units = WorkUnitPool(state, ttl_s=unit_ttl_s, clock=clock, accepts_work=self._takes_work)
         self.leases.restore()
         self.units.restore()
         self._lock = threading.RLock()
@@ -116,7 +127,7 @@ class Coordinator:
         What a replicated worker asks for: it does not know which run needs it."""
         if not phase:
             raise InvalidSpecError("must not be empty", field="phase")
-        for run in sorted(self.state.list_runs([RUN_RUNNING]), key=lambda r: r.created_at):
+        for run in self.state.list_runs([RUN_RUNNING], oldest_first=True):
             try:
                 ph = self.state.get_phase(run.run_id, phase)
             except NotFoundError:
@@ -128,6 +139,8 @@ class Coordinator:
         return None
 
     def cancel_run(self, run_id: str) -> RunRecord:
+        """Cancelled at once for the user; a lease-holding job's lease is released only once the job has
+        stopped (`_drain`), so the phase keeps its lease_id."""
         with self._lock:
             run = self.state.get_run(run_id)
             if run.state in RUN_TERMINAL:
@@ -136,7 +149,6 @@ class Coordinator:
                 if ph.state == RUNNING:
                     self._cancel_job(ph)
                 if ph.state in (PENDING, WAITING, RUNNING, GATE_FAILED, FAILED):
-                    self._release(ph)
                     self.state.update_phase(run_id, ph.phase, state=CANCELLED, error="run cancelled")
             self.state.update_run(run_id, state=RUN_CANCELLED, error="cancelled by user")
             self._event(run_id, "run_finished", state=RUN_CANCELLED, message="cancelled by user")
@@ -237,7 +249,9 @@ class Coordinator:
             for lease in self.leases.reap():
                 self._on_lease_expired(lease)
             self.units.reap()
-            for run in self.state.list_runs([RUN_RUNNING]):
+            self._drain()
+            # oldest first: a lease freed above or by an earlier run goes to the run that has waited longest
+            for run in self.state.list_runs([RUN_RUNNING], oldest_first=True):
                 self._advance(run)
 
     # == internals ===============================================================================
@@ -272,6 +286,14 @@ class Coordinator:
         return tuple(unique.values())
 
     def _start(self, run: RunRecord, profile: Profile, ph: PhaseRecord, phases: Mapping[str, PhaseRecord]) -> None:
+        if ph.lease_id:  # retried after a cancel: its cancelled job may still be on the accelerator
+            if any(lease.lease_id == ph.lease_id for lease in self.leases.held()):
+                if ph.state != WAITING:
+                    self.state.update_phase(run.run_id, ph.phase, state=WAITING)
+                    self._event(run.run_id, "waiting", phase=ph.phase,
+                                message=f"waiting for the cancelled job {ph.job_id} to stop")
+                return
+            self.state.update_phase(run.run_id, ph.phase, lease_id="")
         inputs = self._inputs_for(run, ph.phase, phases)
         input_hashes = sorted(r.sha256 for r in inputs)
         if run.reuse and self._try_reuse(run, profile, ph, input_hashes):
@@ -457,14 +479,67 @@ class Coordinator:
         self._event(run.run_id, "fenced", phase=ph.phase, message=why)
 
     def _on_lease_expired(self, lease) -> None:
-        try:
-            ph = self.state.get_phase(lease.run_id, lease.phase)
-        except NotFoundError:
+        ph = self._phase_of(lease)
+        if ph is None or ph.lease_id != lease.lease_id:
             return
-        if ph.state == RUNNING and ph.lease_id == lease.lease_id:
+        if ph.state == RUNNING:
             run = self.state.get_run(lease.run_id)
             self._fence(run, ph, f"accelerator lease {lease.lease_id} expired (token {lease.token}); "
                                  f"the worker stopped answering")
+        else:  # a cancelled job's, being drained: its worker is gone, so the accelerator is free
+            log.warning("lease %s of cancelled job %s expired: its worker stopped answering", lease.lease_id,
+                        ph.job_id)
+            self.state.update_phase(ph.run_id, ph.phase, lease_id="")
+
+    def _phase_of(self, lease) -> PhaseRecord | None:
+        """The phase a lease was granted to; None for a lease taken through the lease API for no phase."""
+        if not (lease.run_id and lease.phase):
+            return None
+        try:
+            return self.state.get_phase(lease.run_id, lease.phase)
+        except NotFoundError:
+            return None
+
+    def _drain(self) -> None:
+        """Release the lease of each cancelled job that has stopped (see the module docstring).
+
+        A lease belongs to a cancelled job when its phase still records it but is no longer running. A lease
+        its phase does not record was granted just before a restart and is adopted by `_start`; it is left
+        alone. Only held leases are looked at, so this costs at most `accelerators` polls a tick."""
+        for lease in self.leases.held():
+            ph = self._phase_of(lease)
+            if ph is None or ph.state == RUNNING or ph.lease_id != lease.lease_id:
+                continue
+            try:
+                view = self.executors[ph.phase].get(ph.job_id, events_after_seq=(ph.progress or {}).get("seq", 0))
+            except NotFoundError:
+                view = None  # its worker restarted without it: nothing of it runs
+            except WorkerUnavailableError:
+                continue     # no renewal: the lease expires one TTL later and reap() frees it
+            except AgentForgeError as exc:  # an answer we cannot use: as if the worker were unreachable
+                log.warning("cancelled job %s of %s/%s: %s; its lease %s is not renewed", ph.job_id, ph.run_id,
+                            ph.phase, exc, lease.lease_id)
+                continue
+            if view is None or view.state.terminal:
+                log.info("cancelled job %s of %s/%s stopped (%s); releasing lease %s", ph.job_id, ph.run_id,
+                         ph.phase, "unknown to its worker" if view is None else view.state.value, lease.lease_id)
+                self._release(ph)
+                continue
+            try:
+                self._cancel_job(ph)  # again: the first request may have been lost (a restart, a worker blip)
+            except AgentForgeError as exc:
+                log.warning("cancel of %s again: %s", ph.job_id, exc)
+            try:
+                self.leases.renew(lease.lease_id, ph.fencing_token)
+            except StaleLeaseError:
+                self.state.update_phase(ph.run_id, ph.phase, lease_id="")
+
+    def _takes_work(self, run_id: str, phase: str) -> bool:
+        """Whether work units of the run may be handed out: only while it runs (WorkUnitPool's accepts_work)."""
+        try:
+            return self.state.get_run(run_id).state == RUN_RUNNING
+        except NotFoundError:
+            return False
 
     def _release(self, ph: PhaseRecord) -> None:
         if ph.lease_id:

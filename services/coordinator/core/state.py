@@ -305,14 +305,15 @@ class StateStore:
             raise NotFoundError(f"unknown run id '{run_id}'")
         return _record(RunRecord, row)
 
-    def list_runs(self, states: Iterable[str] | None = None) -> list[RunRecord]:
-        """Runs, newest first; `states` keeps only runs in one of those states."""
+    def list_runs(self, states: Iterable[str] | None = None, *, oldest_first: bool = False) -> list[RunRecord]:
+        """Runs, newest first (oldest first with `oldest_first`); `states` keeps only runs in one of those states."""
         sql, params = "SELECT * FROM runs", []
         if states is not None:
             params = [states] if isinstance(states, str) else list(states)
             sql += f" WHERE state IN ({', '.join('?' * len(params))})" if params else " WHERE 0"
+        order = "ASC" if oldest_first else "DESC"
         with self._tx(write=False) as conn:
-            rows = conn.execute(sql + " ORDER BY created_at DESC, rowid DESC", params).fetchall()
+            rows = conn.execute(sql + f" ORDER BY created_at {order}, rowid {order}", params).fetchall()
         return [_record(RunRecord, r) for r in rows]
 
     def update_run(self, run_id: str, **changes: Any) -> RunRecord:

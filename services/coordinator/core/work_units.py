@@ -154,14 +154,20 @@ class WorkUnitPool:
     After a coordinator restart, each (run, phase) is adopted the first time any method touches it: its
     leased units get deadlines of now + ttl. `restore(run_id, phase)` does the same eagerly. The pool
     adopts per (run, phase) because the journal cannot list the units of all runs at once.
+
+    `accepts_work(run_id, phase)` says whether that run may hand out work now; the coordinator answers
+    "only while the run is running", so a cancelled or failed run's pending units are never leased, even
+    by a worker that names the run. Without it every planned unit may be leased.
     """
 
-    def __init__(self, journal: UnitJournal, *, ttl_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, journal: UnitJournal, *, ttl_s: float, clock: Callable[[], float] = time.monotonic,
+                 accepts_work: Callable[[str, str], bool] | None = None):
         if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not (math.isfinite(ttl_s) and ttl_s > 0):
             raise InvalidSpecError(f"must be a finite number of seconds > 0, got {ttl_s!r}", field="ttl_s")
         self._journal = journal
         self._ttl_s = float(ttl_s)
         self._clock = clock
+        self._accepts_work = accepts_work
         self._lock = threading.Lock()
         self._deadlines: dict[UnitKey, tuple[int, float]] = {}  # leased unit -> (its token, its deadline)
         self._adopted: set[tuple[str, str]] = set()
@@ -200,10 +206,14 @@ class WorkUnitPool:
             return self._journal.plan_units(run_id, phase, [(unit_id, dict(payload)) for unit_id, payload in units])
 
     def lease(self, run_id: str, phase: str, worker: str) -> UnitLease | None:
-        """Hand a pending unit (expired leases are reaped first) to `worker` with a new token, or None."""
+        """Hand a pending unit (expired leases are reaped first) to `worker` with a new token, or None (also
+        when `accepts_work` refuses the run)."""
         _require_name(run_id, "run_id")
         _require_name(phase, "phase")
         _require_name(worker, "worker")
+        if self._accepts_work is not None and not self._accepts_work(run_id, phase):
+            log.debug("no unit of run %s phase %s for %s: the run takes no work now", run_id, phase, worker)
+            return None
         with self._lock:
             self._adopt_locked(run_id, phase)
             self._reap_locked()
