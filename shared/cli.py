@@ -149,8 +149,9 @@ def run_embedded(profile, *, store, state_path: str, approve_reason: str | None 
     finally:
         for registry in registries.values():
             registry.shutdown(cancel_running=True, wait=False)
-    print_summary(coordinator, run.run_id, time.monotonic() - started)
+    seconds = time.monotonic() - started
     write_run_report(state_path, run.run_id, store)
+    print_summary(coordinator, run.run_id, seconds)
     if run.state != "succeeded":
         print(f"error: run {run.run_id} {run.state}: {run.error}", file=sys.stderr)
         return EXIT_FAILED
@@ -252,24 +253,26 @@ def cmd_artifacts_fetch(args) -> int:
 
 
 def cmd_artifacts_gc(args) -> int:
-    """The checklist's cleanup step: delete a run's intermediate artifacts, keep its finals."""
+    """The checklist's cleanup step: keep what the run published (and anything marked final), delete the
+    rest it wrote -- job staging, checkpoints, work units (shared/storage/gc.py has the rule)."""
+    from shared.storage.gc import collect, plan_gc
+
     store = _store(args)
-    doomed, kept = [], []
-    for key in store.list_artifacts(""):
-        m = store.read_manifest(key)
-        if (m.producer or {}).get("run_id") != args.run:
-            continue
-        (kept if m.retention == "final" else doomed).append(key)
-    for key in doomed:
-        if args.dry_run:
+    plan = plan_gc(store, args.run)
+    if args.dry_run:
+        for key in plan.delete:
             print(f"would delete {key}")
-        else:
-            store.delete_artifact(key)
-            print(f"deleted {key}")
-    for key in kept:
-        print(f"kept {key} (final)")
-    if not doomed and not kept:
+    else:
+        collect(store, plan, on_deleted=lambda key: print(f"deleted {key}", flush=True))
+    for key, why in plan.keep:
+        print(f"kept {key} ({why})")
+    for key in plan.unreadable:
+        print(f"skipped {key} (manifest unreadable)", file=sys.stderr)
+    if not plan.delete and not plan.keep:
         print(f"no artifacts of run '{args.run}'", file=sys.stderr)
+    else:
+        print(f"{len(plan.delete)} artifacts {'would be ' if args.dry_run else ''}deleted, {len(plan.keep)} kept",
+              file=sys.stderr)
     return 0
 
 
@@ -425,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("artifact", help="key or URI")
     fetch.add_argument("dest", help="a new (or empty) folder")
     fetch.set_defaults(func=cmd_artifacts_fetch)
-    gc = art_sub.add_parser("gc", help="delete a run's intermediate artifacts")
+    gc = art_sub.add_parser("gc", help="delete a run's intermediates (staging, checkpoints), keep what it published")
     gc.add_argument("--run", required=True)
     gc.add_argument("--dry-run", action="store_true")
     gc.set_defaults(func=cmd_artifacts_gc)

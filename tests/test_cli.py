@@ -53,29 +53,35 @@ def _artifact(store, key, run_id, retention):
     return w.ref
 
 
-def test_artifacts_ls_verify_and_gc_keep_finals(tmp_path, capsys):
+def test_artifacts_ls_verify_and_gc_keep_what_the_run_published(tmp_path, capsys):
+    """gc deletes a run's job staging and checkpoints and keeps what the coordinator published (promotion
+    marks it final), whatever retention its staged copy had; other runs are untouched.
+    tests/storage/test_gc.py has the whole rule on both backends."""
     store = LocalStore(tmp_path / "store")
     uri = f"file://{tmp_path / 'store'}"
-    _artifact(store, "runs/r1/cognate/model_a", "r1", "intermediate")
+    staged = _artifact(store, "jobs/j/t1/model_a", "r1", "intermediate")
+    store.promote(staged, "runs/r1/cognate/model_a")
+    _artifact(store, "checkpoints/r/step-0000000001", "r1", "intermediate")
     final = _artifact(store, "runs/r1/bitnet/final", "r1", "final")
     _artifact(store, "runs/r2/cognate/model_a", "r2", "intermediate")
 
     assert main(["artifacts", "--store", uri, "ls", "runs/"]) == 0
     out = capsys.readouterr().out
-    assert out.count("runs/") == 3 and "final" in out
+    assert out.count("runs/") == 3 and "runs/r1/cognate/model_a\tmodel\tfinal" in out
 
     assert main(["artifacts", "--store", uri, "verify", final.uri]) == 0
     assert "ok:" in capsys.readouterr().out
 
     assert main(["artifacts", "--store", uri, "gc", "--run", "r1", "--dry-run"]) == 0
-    assert "would delete runs/r1/cognate/model_a" in capsys.readouterr().out
-    assert len(store.list_artifacts("runs/")) == 3
+    out = capsys.readouterr().out
+    assert "would delete jobs/j/t1/model_a" in out and "would delete checkpoints/r/step-0000000001" in out
+    assert len(store.list_artifacts("")) == 5
 
     assert main(["artifacts", "--store", uri, "gc", "--run", "r1"]) == 0
     out = capsys.readouterr().out
-    assert "deleted runs/r1/cognate/model_a" in out and "kept runs/r1/bitnet/final" in out
-    left = sorted(store.list_artifacts("runs/"))
-    assert left == ["runs/r1/bitnet/final", "runs/r2/cognate/model_a"]
+    assert "deleted jobs/j/t1/model_a" in out and "kept runs/r1/cognate/model_a (published)" in out
+    assert sorted(store.list_artifacts("")) == ["runs/r1/bitnet/final", "runs/r1/cognate/model_a",
+                                                "runs/r2/cognate/model_a"]
 
 
 def test_verify_of_a_corrupt_artifact_fails_with_one_line(tmp_path, capsys):

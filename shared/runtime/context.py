@@ -115,7 +115,8 @@ class JobContext:
         """Start writing a job-scoped artifact; use as `with ctx.open_artifact(...) as w:`.
 
         The key belongs to this job alone, so output left there by an earlier incarnation of the same job
-        (a worker that died after writing it) is replaced; it was never published."""
+        (a worker that died after writing it) is replaced; it was never published. A staged output is
+        intermediate: the coordinator's promotion makes the published copy final (gc keeps only that)."""
         key = self.output_key(name)
         if self.store.exists(f"{key}/manifest.json"):
             log.info("replacing unpublished output of an earlier run of job %s at %s", self.job_id, key)

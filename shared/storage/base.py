@@ -8,11 +8,14 @@ built here on top of them, so both backends share one definition of "complete", 
   first, so a reader (and `list_artifacts`) never sees a half-written or half-deleted artifact;
 - every read of a file is checked against the manifest's sha256 and size, and a manifest read through an
   ArtifactRef is checked against the ref's sha256, so a corrupt or swapped artifact raises IntegrityError;
-- tensors are loaded only after the safetensors structural check (formats.py), never unpickled.
+- tensors are loaded only after the safetensors structural check (formats.py), never unpickled;
+- `promote` publishes a staged artifact: its copy is marked final and its parents point at published
+  artifacts, never at staging (which `artifacts gc` deletes, shared/storage/gc.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -34,7 +37,7 @@ from shared.errors import (
     StorageError,
 )
 from shared.storage import formats
-from shared.storage.keys import validate_key, validate_prefix
+from shared.storage.keys import staging_folder, validate_key, validate_prefix
 from shared.storage.manifest import MANIFEST_NAME, ArtifactRef, FileEntry, Manifest, Producer
 from shared.storage.streams import CHUNK, CancelEvent
 from shared.storage.writer import ArtifactWriter
@@ -310,14 +313,21 @@ class ArtifactStore(ABC):
     # --- publishing and deleting ------------------------------------------------------------------------
 
     def promote(self, staged_ref: ArtifactRef, published_key: str) -> ArtifactRef:
-        """Copy a staged artifact to `published_key`, verify the copies, then write the manifest last.
+        """Publish a staged artifact at `published_key`: copy and verify its files, then write its manifest last.
 
-        Idempotent for the same artifact; AlreadyExistsError if a different artifact is published there.
+        The published manifest is the staged one marked "final", with every parent that the same job staged
+        (same `jobs/<job>/t<token>/` folder, e.g. Cognate's ancestor of its three variants) replaced by that
+        parent's published ref: the parent is promoted beside the artifact first (idempotent), so published
+        lineage never points into staging, which `artifacts gc` deletes. Idempotent for the same artifact;
+        AlreadyExistsError if a different artifact is published there.
         """
-        src, manifest, data = self._read_manifest_bytes(staged_ref)
+        src, staged, _ = self._read_manifest_bytes(staged_ref)
         dst = validate_key(published_key, field="published_key")
         if dst == src:
             raise InvalidSpecError(f"cannot promote {staged_ref.uri} onto itself", field="published_key")
+        manifest = dataclasses.replace(staged, retention="final",
+                                       parents=self._published_parents(src, dst, staged.parents))
+        data = manifest.to_json()
         ref = _make_ref(self.uri_for(dst), manifest, data)
         try:
             existing = self.get_bytes(_join(dst, MANIFEST_NAME))
@@ -329,7 +339,7 @@ class ArtifactStore(ABC):
                 return ref
             raise AlreadyExistsError(
                 f"{ref.uri} already holds a different artifact (manifest sha256 "
-                f"{formats.sha256_bytes(existing)}); refusing to replace it with {staged_ref.sha256}"
+                f"{formats.sha256_bytes(existing)}); refusing to replace it with {staged_ref.uri}"
             )
         self.claim_key(dst)
         try:
@@ -343,6 +353,32 @@ class ArtifactStore(ABC):
             raise
         log.info("promoted %s -> %s (%d files)", staged_ref.uri, ref.uri, len(manifest.files))
         return ref
+
+    def _published_parents(self, src: str, dst: str, parents: tuple[ArtifactRef, ...]) -> tuple[ArtifactRef, ...]:
+        """`parents` with each one staged beside `src` (same job and token) promoted beside `dst`.
+
+        A job publishes all its outputs under one folder, each under its staging name (runs/<run>/<phase>/
+        <name> for jobs/<job>/t<token>/<name>), so a sibling in staging is a sibling once published."""
+        folder = staging_folder(src)
+        if folder is None:
+            return parents
+        name = src[len(folder) + 1:]
+        root = dst[: -len(name) - 1] if dst.endswith("/" + name) else dst.rpartition("/")[0]
+        out = []
+        for parent in parents:
+            try:
+                key = self.key_from_uri(parent.uri)
+            except InvalidSpecError:  # another store: not ours to publish
+                key = None
+            if key is None or staging_folder(key) != folder:
+                if key is not None and staging_folder(key) is not None:
+                    log.warning("promote %s: parent %s is another job's staged output; lineage keeps it as is",
+                                src, parent.uri)
+                out.append(parent)
+                continue
+            sibling = key[len(folder) + 1:]
+            out.append(self.promote(parent, f"{root}/{sibling}" if root else sibling))
+        return tuple(out)
 
     def claim_key(self, key: str) -> int:
         """Make `key` ready for a new artifact; returns how many leftover objects were removed.

@@ -85,9 +85,22 @@ def staging_key(job_id: str, fencing_token: int, name: str) -> str:
     return join_key("jobs", _segment(job_id, "job_id"), f"t{fencing_token}", validate_key(name, field="name"))
 
 
+def staging_folder(key: str) -> str | None:
+    """`jobs/<job_id>/t<token>` when `key` lies in a job's staging area (see staging_key), else None."""
+    parts = key.split("/")
+    if len(parts) > 3 and parts[0] == "jobs" and parts[2][:1] == "t" and parts[2][1:].isdigit():
+        return "/".join(parts[:3])
+    return None
+
+
 def published_key(run_id: str, phase: str, name: str) -> str:
     """Where the coordinator publishes: `runs/<run_id>/<phase>/<name>`."""
     return join_key("runs", _segment(run_id, "run_id"), _segment(phase, "phase"), validate_key(name, field="name"))
+
+
+def published_prefix(run_id: str) -> str:
+    """Prefix of everything the coordinator published for a run: `runs/<run_id>/`."""
+    return join_key("runs", _segment(run_id, "run_id")) + "/"
 
 
 def checkpoint_prefix(request_id: str) -> str:

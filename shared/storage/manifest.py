@@ -163,7 +163,8 @@ class Manifest:
     parents: tuple[ArtifactRef, ...] = ()
     producer: Producer = field(default_factory=Producer)
     retention: str = "final"
-    """"final" artifacts are kept; "intermediate" ones (checkpoints) may be garbage-collected."""
+    """"final": published by the coordinator (promotion marks it), kept by `artifacts gc`; "intermediate":
+    a job's staged outputs, checkpoints and work units, which gc deletes once the run is done."""
     created_at: str
 
     def __post_init__(self) -> None:

@@ -82,6 +82,8 @@ def test_a_ci_run_through_the_coordinator_rpc_completes_verified_with_full_linea
     producers = {m.producer.phase for _, m in graph.values()}
     assert producers == {"bitnet", "quietstar", "evomerge", "cognate", "reasoning_data", "datasets"}, producers
     assert {m.producer.run_id for _, m in graph.values()} == {run_id}
+    # through published artifacts only: deleting the run's staging (artifacts gc) cannot break it
+    assert all(e2e.store.key_from_uri(uri).startswith(f"runs/{run_id}/") for uri in graph), sorted(graph)
     roots = [m for _, m in graph.values() if not m.parents]
     assert roots and {m.producer.phase for m in roots} == {"datasets"}
     assert "datasets" in {m.name for m in roots}

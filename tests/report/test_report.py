@@ -17,15 +17,9 @@ from shared.report import build_report, load_run, write_report
 from shared.report.build import MANIFEST_FILE
 from shared.report.plots import PLOTS
 from shared.storage import ArtifactRef, LocalStore
-from tests.report.pipeline import run_small_pipeline
 
 pytestmark = pytest.mark.slow     # a whole (small) pipeline run: about a minute on 2 cores
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, datasets_dir):
-    return run_small_pipeline(tmp_path_factory.mktemp("run"), datasets_dir)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -197,7 +198,9 @@ def test_promote_copies_verifies_and_hides_staging(store: ArtifactStore, tmp_pat
     with pytest.raises(NotFoundError):
         store.read_manifest(pub)
     promoted = store.promote(staged, pub)
-    assert promoted.uri == store.uri_for(pub) and promoted.sha256 == staged.sha256 and promoted.size == staged.size
+    assert promoted.uri == store.uri_for(pub) and promoted.name == staged.name
+    # the published manifest is the staged one marked final (its parents were not staged: unchanged)
+    assert store.read_manifest(promoted) == dataclasses.replace(store.read_manifest(staged), retention="final")
     assert store.list_artifacts("runs/") == [pub] and store.list_refs("runs/") == [promoted]
     assert store.verify(promoted).files == 5
     assert store.promote(staged, pub) == promoted  # idempotent for the same artifact
@@ -205,6 +208,40 @@ def test_promote_copies_verifies_and_hides_staging(store: ArtifactStore, tmp_pat
     with pytest.raises(AlreadyExistsError, match="different artifact"):
         store.promote(other, pub)
     assert store.verify(promoted).files == 5  # the published artifact is untouched
+
+
+def _stage(store: ArtifactStore, key: str, parents: list[ArtifactRef], seed: int) -> ArtifactRef:
+    with store.open_artifact(key, kind="model", name=key.rsplit("/", 1)[-1], config={"seed": seed},
+                             producer=PRODUCER, parents=parents, retention="intermediate") as w:
+        w.add_tensors("model.safetensors", {"w": torch.full((2,), float(seed))})
+    return w.ref
+
+
+@pytest.mark.parametrize("ancestor_first", [True, False])
+def test_promote_points_parents_staged_by_the_same_job_at_their_published_copies(
+        store: ArtifactStore, ancestor_first: bool) -> None:
+    """Cognate stages an ancestor and variants whose parent is that staged ancestor; once published, the
+    variant's parent is the published ancestor (whatever the promotion order), inputs stay as they were."""
+    data = store.promote(_stage(store, "jobs/d1/t0/datasets", [], 0), "runs/r1/datasets/datasets")
+    ancestor = _stage(store, "jobs/c1/t2/ancestor", [data], 1)
+    variant = _stage(store, "jobs/c1/t2/model_a", [ancestor], 2)
+    nested = _stage(store, "jobs/c1/t2/more/model_b", [ancestor, data], 3)
+    order = [ancestor, variant, nested] if ancestor_first else [nested, variant, ancestor]
+    published = {r.name: store.promote(r, f"runs/r1/cognate/{store.key_from_uri(r.uri)[len('jobs/c1/t2/'):]}")
+                 for r in order}
+    pub_ancestor = store.ref_for("runs/r1/cognate/ancestor")
+    assert published["ancestor"] == pub_ancestor
+    assert store.read_manifest(published["model_a"]).parents == (pub_ancestor,)
+    assert store.read_manifest(published["model_b"]).parents == (pub_ancestor, data)
+    assert store.read_manifest(pub_ancestor).parents == (data,)
+    for ref in published.values():
+        m = store.read_manifest(ref)
+        assert m.retention == "final" and all(store.key_from_uri(p.uri).startswith("runs/r1/") for p in m.parents)
+        store.verify(ref)
+    # idempotent: promoting again returns the same refs and changes nothing
+    assert {r.name: store.promote(r, store.key_from_uri(published[r.name].uri)) for r in order} == published
+    # the staged copies are untouched (a stale holder's refs still verify against staging)
+    assert store.read_manifest(variant).parents == (ancestor,) and store.verify(variant).files == 1
 
 
 def test_promote_of_a_corrupt_staged_artifact_publishes_nothing(store: ArtifactStore, tmp_path: Path) -> None:

@@ -89,12 +89,12 @@ class DatasetsRunner:
                        "datasets/tokenizer_roundtrip_rate": rate,
                        **{f"datasets/records/{s}": float(n) for s, n in counts.items()}}
             ctx.progress("publishing", fraction=0.9, metrics=metrics)
-            with ctx.open_artifact("tokenizer", kind="tokenizer", retention="final",
+            with ctx.open_artifact("tokenizer", kind="tokenizer",
                                    config={"tokenizer": spec.tokenizer.model_dump(mode="json"),
                                            "fingerprint": fingerprint}) as tw:
                 tw.add_dir("tokenizer", tok_dir)
                 tw.set_metrics({"datasets/tokenizer_roundtrip_rate": rate})
-            with ctx.open_artifact("datasets", kind="dataset", retention="final", tokenizer=None) as dw:
+            with ctx.open_artifact("datasets", kind="dataset", tokenizer=None) as dw:
                 dw.add_dir("data", out)
                 dw.add_json("tokenizer_fingerprint.json", {"fingerprint": fingerprint})
                 dw.set_metrics(metrics)

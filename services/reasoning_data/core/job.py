@@ -480,8 +480,7 @@ class ReasoningDataRunner:
             "rejections": dict(sorted(rejected.items())), "units": len(statuses),
         }
         shards = []
-        with ctx.open_artifact("reasoning_data", kind="dataset", retention="final",
-                               parents=[datasets_ref]) as w:
+        with ctx.open_artifact("reasoning_data", kind="dataset", parents=[datasets_ref]) as w:
             w.add_json(MERGED_FILE, {"metadata": metadata, "special_tokens": list(SPECIAL_TOKENS),
                                      "examples": records})
             for split, exs in by_split.items():
