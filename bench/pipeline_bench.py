@@ -4,8 +4,9 @@
 
 embedded: `agentforge run --profile P --approve-failed-gates ...` in a child process (what `make run` runs),
 its own store and state; wall time from start to exit, peak RSS of that process (wait4's ru_maxrss).
-distributed: a LocalCluster (coordinator + six phase services as processes, SeaweedFS as S3, auth on, one
-torch thread each); a run created through CreateRun, every failed gate approved through ApproveGate (the
+distributed: a LocalCluster (coordinator + six phase services as processes, SeaweedFS as S3, auth on, each
+phase service at the profile's runtime.torch_threads, as the embedded run — only one lease-holding phase
+computes at a time; the e2e tests keep LocalCluster's one thread each); a run created through CreateRun, every failed gate approved through ApproveGate (the
 same gates the embedded run approves); wall time from CreateRun to the run's end; peak RSS of each service
 (VmHWM from /proc/PID/status, read before the cluster stops). Cluster start and stop are reported apart;
 the BitNet kernel is prebuilt into the cluster's cache first, as the images carry it.
@@ -81,11 +82,15 @@ def distributed(profile: str, work: Path) -> dict:
     from shared.rpc.server import channel_options
 
     from services.bitnet.core.kernel import build_prebuilt
+    from shared.config import load_profile
+    from shared.deploy import topology
 
     # the BitNet kernel prebuilt, as the images carry it (the embedded run finds it in torch's warm cache)
     build_prebuilt(work / "cluster" / "cache" / "kernels")
+    threads = {"AGENTFORGE_TORCH_THREADS": str(load_profile(profile).runtime.torch_threads)}
     t0 = time.perf_counter()
-    cluster = LocalCluster(work / "cluster", base_port=None)
+    cluster = LocalCluster(work / "cluster", base_port=None,
+                           extra_env={s.name: threads for s in topology.SERVICES if s.name != "coordinator"})
     cluster.start()
     started = time.perf_counter() - t0
     try:
@@ -131,6 +136,8 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     ap.add_argument("--out", default=None, help="write the section here instead of bench/RESULTS.md")
     args = ap.parse_args()
+    from shared.config import load_profile
+
     modes = args.modes.split(",")
     tmp = tempfile.TemporaryDirectory(prefix="pipeline-bench-") if args.work is None else None
     work = Path(args.work or tmp.name)
@@ -142,7 +149,9 @@ def main() -> None:
         print(mode, {k: v for k, v in results[mode].items() if k != "phases"}, flush=True)
     load1 = os.getloadavg()
     lines = [f"## pipeline_bench — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "", machine_line(),
-             f"- profile `{args.profile}`; modes run one after the other in this order: {', '.join(modes)}; load "
+             f"- profile `{args.profile}` (runtime.torch_threads {load_profile(args.profile).runtime.torch_threads}: "
+             f"the embedded process and each distributed phase service); modes run one after the other in this "
+             f"order: {', '.join(modes)}; load "
              f"average {load0[0]:.2f} before, {load1[0]:.2f} after; failed gates approved where allowed "
              f"(`--approve-failed-gates` embedded, ApproveGate distributed)", ""]
     phases = list(dict.fromkeys(p for r in results.values() for p in r["phases"]))

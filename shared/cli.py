@@ -127,12 +127,18 @@ def approve_failed_gates(coordinator, run_id: str, reason: str) -> list[str]:
 
 
 def run_embedded(profile, *, store, state_path: str, approve_reason: str | None = None) -> int:
-    """The whole pipeline in this process: the coordinator's state machine with in-process runners.
-    approve_reason: approve failed gates that allow it (recorded overrides, listed in the summary)."""
+    """The whole pipeline in this process: the coordinator's state machine with in-process runners, torch set
+    as the profile's runtime says (torch_threads, deterministic). approve_reason: approve failed gates that
+    allow it (recorded overrides, listed in the summary)."""
     import time
     from pathlib import Path
 
+    import torch
+
     from services.coordinator.app import embedded_coordinator
+
+    torch.set_num_threads(profile.runtime.torch_threads)
+    torch.use_deterministic_algorithms(profile.runtime.deterministic)
 
     Path(state_path).parent.mkdir(parents=True, exist_ok=True)
     c = profile.coordinator

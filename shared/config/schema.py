@@ -36,8 +36,11 @@ class Section(BaseModel):
 
 class RuntimeConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field(description="where tensors live; auto = cuda if present")
-    torch_threads: Annotated[int, Field(ge=1, le=256)] = Field(description="intra-op threads per process")
-    deterministic: bool = Field(description="torch.use_deterministic_algorithms for reproducible runs")
+    torch_threads: Annotated[int, Field(ge=1, le=256)] = Field(
+        description="intra-op torch threads of the embedded process (`agentforge run`); a service process "
+                    "uses its AGENTFORGE_TORCH_THREADS (the deployment sizes each process)")
+    deterministic: bool = Field(
+        description="torch.use_deterministic_algorithms in the embedded process (`agentforge run`)")
 
 
 class TelemetryConfig(Section):

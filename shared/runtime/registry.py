@@ -1,7 +1,11 @@
 """The job registry of one phase worker: idempotent submit, jobs on worker threads, watch, cancel.
 
 Jobs run on a small thread pool, never on the gRPC server's threads, so health checks and Get/Watch
-answer while a job trains. A job's id is derived from its request_id, so a worker restarted after a crash
+answer while a job trains. Each job runs on a thread of its own that ends with the job (the pool's thread
+only waits for it): a thread that ran torch keeps an OpenMP thread team for as long as it lives, and with
+more OpenMP threads in a process than cores, libgomp stops spinning at barriers, which made every later
+phase of an embedded run (one process, a pool thread per phase) 2–3× slower (measured: an idle team beside
+a 2-thread evaluation made it 2.6× slower; bench/RESULTS.md, pipeline_bench). A job's id is derived from its request_id, so a worker restarted after a crash
 gives the resubmitted job the same id and the runner resumes from the request's latest checkpoint.
 """
 
@@ -157,6 +161,13 @@ class JobRegistry:
         job.done.set()
 
     def _execute(self, job: Job, runner) -> None:
+        """The pool's thread: run the job on a fresh thread and wait for it (see the module doc)."""
+        worker = threading.Thread(target=self._run_job, args=(job, runner), daemon=True,
+                                  name=f"{threading.current_thread().name}-{job.job_id}")
+        worker.start()
+        worker.join()
+
+    def _run_job(self, job: Job, runner) -> None:
         if job.cancel_event.is_set():
             self._discard_outputs(job)
             self._finish(job, JobState.CANCELLED, "cancelled before it started")

@@ -127,3 +127,25 @@ def test_a_phase_without_runner_refuses_submit_and_says_which_issue(tmp_path):
         reg.submit(JobRequest(request_id="x", phase="bitnet"), spec)
     assert reg.jobs() == []
     reg.shutdown()
+
+
+def test_each_job_runs_on_a_thread_of_its_own_that_ends_with_it(tmp_path):
+    """A thread that ran torch keeps an OpenMP team while it lives, and idle teams slow every later torch
+    call of the process (registry module doc): no job may run on a thread that outlives it, nor share one."""
+    seen = []
+
+    class Recording(CountingRunner):
+        def run(self, ctx):
+            seen.append(threading.current_thread())
+            return super().run(ctx)
+
+    reg = registry_with(tmp_path, Recording(steps=2))
+    first = wait(reg.submit(JobRequest(request_id="r1", phase="datasets"), SPEC))
+    second = wait(reg.submit(JobRequest(request_id="r2", phase="datasets"), SPEC))
+    assert first.state is second.state is JobState.SUCCEEDED
+    a, b = seen
+    a.join(5)
+    b.join(5)
+    assert a is not b and not a.is_alive() and not b.is_alive()
+    assert threading.main_thread() not in seen
+    reg.shutdown()
