@@ -113,6 +113,11 @@ def test_merge_drops_duplicates_and_near_duplicates_of_one_problem():
     other_problem = Example(id="G/2#doubt", strategy="doubt", source_id="G/2", reasoning=near.reasoning, **base)
     kept, rejected, _ = job_mod.merge([a, other_problem], spec)  # the bound is per problem
     assert len(kept) == 2 and not rejected
+    # a step's short question of the same problem is another question: its reasoning may repeat the step
+    short = Example(id="G/1#step/q", strategy="step", source_id="G/1", prompt="What is 2+2?",
+                    reasoning=a.reasoning, **{k: v for k, v in base.items() if k != "prompt"})
+    kept, rejected, _ = job_mod.merge([a, short], spec)
+    assert kept == [a, short] and not rejected
     bad = Example(id="G/3#mece", strategy="mece", source_id="G/3", reasoning="no wrapper", **base)
     kept, rejected, figures = job_mod.merge([a, bad], spec)
     assert kept == [a] and rejected == Counter({"merge_no_thinking_wrapper": 1})

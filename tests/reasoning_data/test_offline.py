@@ -9,6 +9,7 @@ import pytest
 
 import services.reasoning_data.core.offline as offline
 from services.dataset.core.prepare import prepare_datasets
+from services.reasoning_data.core.arith import evaluate, fmt
 from services.reasoning_data.core.format import STRATEGIES, Example, check_example
 from services.reasoning_data.core.offline import REJECTION_REASONS, SOURCES, OfflineBackend, source_items
 from services.reasoning_data.core.strategies import KIND_OF_SOURCE, SUPPORT, validate_structure
@@ -83,7 +84,8 @@ def test_generate_refuses_unknown_strategies_and_test_records(records):
 def test_every_strategy_yields_valid_examples_and_accounts_for_every_record(records, generated):
     by_source = collections.Counter(r.dataset for r in records)
     total = 0
-    for strategy, (examples, rejected) in generated.items():
+    for strategy, all_examples in generated.items():
+        examples, rejected = [e for e in all_examples[0] if not e.id.endswith("/q")], all_examples[1]
         assert examples, strategy
         total += len(examples)
         assert len(examples) + sum(rejected.values()) == len(records), strategy
@@ -92,17 +94,37 @@ def test_every_strategy_yields_valid_examples_and_accounts_for_every_record(reco
         unsupported = [s for s in SOURCES if strategy not in SUPPORT[KIND_OF_SOURCE[s]]]
         assert rejected["not_applicable"] == sum(by_source[s] for s in unsupported)
         assert {e.source for e in examples} == set(SOURCES) - set(unsupported), strategy
-        for e in examples:
+        for e in all_examples[0]:
             assert e.strategy == strategy and check_example(e) is None and validate_structure(e) is None
             assert e.origin == "offline" and e.verified
     assert total >= 2000
+
+
+def test_step_adds_one_short_question_per_math_record_from_its_own_verified_steps(records, generated):
+    """Each math record's `step` example comes with at most one "What is <expr>?" taken from one of its own
+    steps (same source, same split key), answered with that step: the question's value, checked, in the
+    step format — and no other strategy adds any."""
+    by_id = {r.id: r for r in records}
+    steps = {e.source_id: e for e in generated["step"][0] if not e.id.endswith("/q")}
+    short = [e for e in generated["step"][0] if e.id.endswith("/q")]
+    math_with_step = [i for i in steps if KIND_OF_SOURCE[by_id[i].dataset] == "math"]
+    assert len(short) >= 0.9 * len(math_with_step) and len({e.id for e in short}) == len(short)
+    for e in short:
+        parent = steps[e.source_id]
+        (step,) = e.structure["steps"]
+        assert step in parent.structure["steps"] and KIND_OF_SOURCE[e.source] == "math"
+        assert e.prompt == f"What is {step['expr']}?" and len(e.prompt) < 60
+        assert e.answer == e.gold == fmt(evaluate(step["expr"])) and e.verified
+        assert e.reasoning == f"[thinking] <step> {step['expr']}={e.answer} [/endthinking]"
+    for strategy, (examples, _) in generated.items():
+        assert strategy == "step" or not any(e.id.endswith("/q") for e in examples)
 
 
 def test_math_answers_are_all_verified_and_unverifiable_items_are_counted(records, generated):
     math_ids = {r.id for r in records if KIND_OF_SOURCE[r.dataset] == "math"}
     gold = {r.id: r.answer for r in records}
     for strategy, (examples, rejected) in generated.items():
-        math = [e for e in examples if e.source_id in math_ids]
+        math = [e for e in examples if e.source_id in math_ids and not e.id.endswith("/q")]  # /q: own gold
         assert math and all(e.verified and e.gold == gold[e.source_id] for e in math)
         assert set(rejected) <= set(REJECTION_REASONS) - {"failed_format_check", "failed_structure_check"}
     # the same source items are unusable for every strategy that reaches extraction
@@ -150,6 +172,6 @@ def test_unverifiable_or_foreign_items_are_counted_never_emitted():
                     answer="A", choices=("A", "B"), label=0)]
     for strategy in STRATEGIES:
         examples, rejected = OfflineBackend().generate(items, strategy, seed=0)
-        assert [e.source_id for e in examples] == ["GSM8K/x-1"], strategy
+        assert [e.source_id for e in examples] == ["GSM8K/x-1"] * (2 if strategy == "step" else 1), strategy
         assert rejected == collections.Counter({"step_mismatch": 1, "final_mismatch": 1, "no_calc_steps": 1,
                                                 "unsupported_source": 1}), strategy

@@ -295,13 +295,15 @@ def _structure_problem(ex: Example) -> str | None:
 
 
 def merge(examples: list[Example], spec: ReasoningDataConfig) -> tuple[list[Example], Counter, dict[str, Any]]:
-    """Re-check, dedup, bound near-duplicates per source problem; returns (kept, rejections, figures)."""
+    """Re-check, dedup, bound near-duplicates per question (a source problem's prompt: every strategy variant
+    of one problem shares it; a step's short question (offline.subquestion) has its own); returns (kept,
+    rejections, figures)."""
     rejected: Counter = Counter()
     checked = valid = 0
     kept: list[Example] = []
     seen_ids: set[str] = set()
     seen_content: set[tuple[str, str]] = set()
-    shingles: dict[str, list[set]] = {}
+    shingles: dict[tuple[str, str], list[set]] = {}
     for ex in sorted(examples, key=lambda e: e.id):
         checked += 1
         reason = check_example(ex) or _structure_problem(ex)
@@ -314,7 +316,7 @@ def merge(examples: list[Example], spec: ReasoningDataConfig) -> tuple[list[Exam
             rejected["duplicate"] += 1
             continue
         grams = _trigrams(ex.reasoning)
-        others = shingles.setdefault(ex.source_id, [])
+        others = shingles.setdefault((ex.source_id, ex.prompt.strip()), [])
         if any(_jaccard(grams, g) > spec.near_duplicate_threshold for g in others):
             rejected["near_duplicate"] += 1
             continue

@@ -57,8 +57,8 @@ from shared.data.records import Record
 
 __all__ = [
     "BUILDERS", "KIND_OF_SOURCE", "REASONS", "SUPPORT", "SUPPORT_BY_SOURCE", "ChoiceTrace", "CodeTrace",
-    "MathTrace", "build", "choice_expert", "code_facts", "extract", "math_expert", "render", "supports",
-    "validate_structure",
+    "MathTrace", "build", "choice_expert", "code_facts", "extract", "math_expert", "render", "subquestion",
+    "subquestion_id", "supports", "validate_structure",
 ]
 
 KIND_OF_SOURCE: dict[str, str] = {"GSM8K": "math", "SVAMP": "math", "ASDiv": "math", "StrategyQA": "choice",
@@ -753,6 +753,27 @@ def build(strategy: str, record: Record, trace: MathTrace | ChoiceTrace | CodeTr
                    reasoning=reasoning, answer=answer_text, source=record.dataset, source_id=record.id,
                    gold=record.answer, verified=answers_match(answer_text, record.answer), origin="offline",
                    structure=structure)
+
+
+def subquestion(record: Record, trace: MathTrace, rng: random.Random) -> Example | None:
+    """A short arithmetic question taken from one verified step of a math record ("What is 5*3?"), answered
+    with that step in the `step` format — so the student also meets short prompts, not only word problems,
+    and still opens and closes its reasoning (a model baked on long prompts alone may not, measured on tiny:
+    "What is 2+2?" drifted past the context without `[/endthinking]`). The step is chosen with `rng`; the
+    answer is the step's evaluated value (gold = that value, verified). None for a record whose chosen step
+    has no operator (nothing to ask)."""
+    step = trace.steps[rng.randrange(len(trace.steps))].to_dict()
+    if not any(op in step["expr"].lstrip("-") for op in "+-*/%"):
+        return None
+    structure = {"kind": "math", "steps": [step]}
+    answer = fmt(step["value"])
+    return Example(id=subquestion_id(record.id), strategy="step", prompt=f"What is {step['expr']}?",
+                   reasoning=render("step", structure), answer=answer, source=record.dataset, source_id=record.id,
+                   gold=answer, verified=True, origin="offline", structure=structure)
+
+
+def subquestion_id(source_id: str) -> str:
+    return f"{example_id(source_id, 'step')}/q"
 
 
 def _builder(strategy: str) -> Callable[[Record, Any, random.Random], Example | str]:
