@@ -4,15 +4,15 @@ Inputs: the quietstar phase's "model" (model, tokenizer with the thinking tokens
 reasoning-data phase's "reasoning_data" and the datasets phase's "datasets" (GSM8K/ARC/PIQA test splits for
 the benchmark suite).
 
-Data (deterministic): the reasoning data in the baking format (`{prompt}\n{reasoning}\nAnswer: …<eos>`), packed
-into rows of the model's max_seq_len (quietstar.core.job.pack_rows): the val examples' first 4·EVAL_BATCHES
-rows (in order, batches of 4) are the likelihood metric's held-out text; the train examples' rows (shuffled
-with the profile's seed, batches of 8) are the QAT set, cycled for the λ warm-up, and its first
+Data (deterministic): the reasoning data in the baking format (`{prompt}\n{reasoning}\nAnswer: …<eos>`), one
+example per row from position 0, right-padded (example_batches; padding never a target): the val examples'
+first 4·EVAL_BATCHES (in order, batches of 4) are the likelihood metric's held-out text; the train examples
+(shuffled with the profile's seed, batches of 8) are the QAT set, cycled for the λ warm-up, and its first
 ⌈calibration_samples / 8⌉ batches the calibration and recovery set. Why this text and not the general
 validation split: it is what the Phase-3 model was made for, and on general text a small baked model may
 have no gain over uniform at all (measured on tiny: held-out NLL above log V, so no drop could be defined).
 
-The likelihood metric: NLL = mean next-token NLL on the held-out batches (eval mode, ACT halting as at
+The likelihood metric: NLL = mean next-token NLL of the held-out examples' tokens (eval mode, ACT halting as at
 inference); its gain = log V − NLL (over the uniform predictor). Accuracy drop = 1 − gain_q / gain_fp (the
 share of the full-precision model's gain lost), defined only when gain_fp ≥ GAIN_FLOOR nats — below that
 the model knows too little for a drop to mean anything, nll_gain_retained is not reported and its gate fails.
@@ -21,11 +21,13 @@ Stages (the checklist's, quantization-aware):
 1. calibrate_quantization: every BitLinear's γ, ternary sparsity and relative weight error, and the mean
    per-token absmax of its input on the calibration set (reported, W&B table).
 2. Layer-by-layer staging (quantize_layer): block by block, λ rises 0 → 1 over that block's share of
-   `lambda_warmup_steps` while the whole model trains (AdamW at recovery_lr, straight-through estimator);
+   `lambda_warmup_steps` while the whole model trains (AdamW at recovery_lr, straight-through estimator) to
+   match the Phase-3 model's next-token distributions (distillation_loss: KL to the frozen input model);
    then its cost: held-out NLL at λ = 1 minus NLL of the same weights at λ = 0 (the warm-up also trains, so
    the NLL before the stage would mix training into it), as a share of the input model's gain; a block that
    costs more than max_layer_drop is reverted (weights and λ back as before the stage: full precision).
-3. Recovery (fine_tune_compressed): when the drop is > 5%, `recovery_epochs` passes over the recovery set.
+3. Recovery (fine_tune_compressed): when the drop is > 5%, `recovery_epochs` passes over the recovery set
+   (the same distillation loss).
 4. When the drop is still > 10%: start again from the Phase-3 model with get_conservative_compression_config.
 5. Freeze (ternary codes → packed; reverted blocks become plain Linear again), embeddings and the tied head
    per row to `embedding_bits`, the memory's initial fast weights to `memory_init_bits`; final NLL on the
@@ -64,6 +66,7 @@ import copy
 import logging
 import math
 import os
+import random
 import tempfile
 from pathlib import Path
 
@@ -78,6 +81,7 @@ from services.bitnet.core.quant import (
     quantize_rows, set_lambda, ternary_codes, weight_scale,
 )
 from services.quietstar.core.artifact import load_quietstar
+from shared.model.modeling import IGNORE_INDEX
 from shared.data.prepared import load_split, verify_prepared
 from shared.errors import FailedPreconditionError, InvalidSpecError
 from shared.runtime import JobResult
@@ -100,7 +104,6 @@ M = "bitnet/"
 def load_data(ctx, work: Path, tokenizer, seq_len: int, spec):
     """(held-out batches, QAT batches, recovery batches, benchmark test splits); see the module docstring."""
     from services.quietstar.core.baking import split_by_field
-    from services.quietstar.core.job import pack_rows
     from services.reasoning_data.core.job import load_reasoning_data
 
     root = ctx.store.fetch(ctx.request.input("datasets"), work / "datasets")
@@ -108,26 +111,50 @@ def load_data(ctx, work: Path, tokenizer, seq_len: int, spec):
     test = {n: load_split(root / "data", n, "test") for n in ("GSM8K", "ARC-Easy", "ARC-Challenge", "PIQA")
             if n in manifest["datasets"]}
     train, val = split_by_field(load_reasoning_data(ctx.store, ctx.request.input("reasoning_data"))["examples"])
-    rows = pack_rows(tokenizer, val, seq_len, seed=None)[:4 * EVAL_BATCHES]
-    evaluation = [{"input_ids": rows[i:i + 4]} for i in range(0, len(rows), 4)]
+    evaluation = example_batches(tokenizer, val, seq_len, batch_size=4, seed=None)[:EVAL_BATCHES]
+    if not evaluation:
+        raise FailedPreconditionError(f"no held-out reasoning example fits max_seq_len {seq_len}")
     n_recovery = max(1, math.ceil(spec.calibration_samples / TRAIN_BATCH))
     training = load_calibration_data(train, tokenizer, max(n_recovery, min(spec.lambda_warmup_steps, 256)) * TRAIN_BATCH,
                                      seq_len=seq_len, seed=spec.seed)
     return evaluation, training, training[:n_recovery], test
 
 
-def load_calibration_data(examples, tokenizer, samples: int, *, seq_len: int, seed: int) -> list[dict]:
-    """The checklist's load_calibration_data: up to `samples` sequences of `seq_len` tokens — reasoning-data
-    examples in the baking format, shuffled with `seed` and packed (quietstar.core.job.pack_rows) — in
-    batches of TRAIN_BATCH (at least one batch; fewer when the examples run out)."""
-    from services.quietstar.core.job import pack_rows
+def example_batches(tokenizer, examples, seq_len: int, *, batch_size: int, seed: int | None) -> list[dict]:
+    """Reasoning-data examples in the baking format, each alone from position 0 as the model meets a prompt
+    (baking.encode_example: the prompt cut from the left to fit `seq_len`, an example that cannot fit
+    dropped), shuffled with `seed` (None: in order), in batches right-padded to their longest row:
+    {"input_ids", "labels"} with IGNORE_INDEX on the padding. Not packed: measured on tiny, the Phase-3
+    model's NLL on rows packed from several examples was 7.8 nats (uniform: 8.3), text it never saw, so
+    training or measuring on them says little about the model's own format."""
+    from services.quietstar.core.baking import encode_example
 
-    rows = pack_rows(tokenizer, examples, seq_len, seed=seed)
-    n = max(1, min(samples, len(rows)) // TRAIN_BATCH)
-    batches = [{"input_ids": rows[i * TRAIN_BATCH:(i + 1) * TRAIN_BATCH]} for i in range(n)]
-    if not len(batches[0]["input_ids"]):
-        raise FailedPreconditionError(f"the reasoning data gives no sequence of {seq_len} tokens")
+    rows = [e.input_ids for e in (encode_example(tokenizer, ex, seq_len) for ex in examples) if e is not None]
+    if seed is not None:
+        random.Random(seed).shuffle(rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batches = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        width = max(len(r) for r in chunk)
+        ids = torch.full((len(chunk), width), int(pad), dtype=torch.long)
+        labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
+        for i, row in enumerate(chunk):
+            ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+            labels[i, :len(row)] = ids[i, :len(row)]
+        batches.append({"input_ids": ids, "labels": labels})
     return batches
+
+
+def load_calibration_data(examples, tokenizer, samples: int, *, seq_len: int, seed: int) -> list[dict]:
+    """The checklist's load_calibration_data: up to `samples` reasoning-data examples in the baking format,
+    shuffled with `seed` (example_batches), in batches of TRAIN_BATCH (at least one batch; fewer when the
+    examples run out)."""
+    batches = example_batches(tokenizer, examples, seq_len, batch_size=TRAIN_BATCH, seed=seed)
+    if not batches:
+        raise FailedPreconditionError(f"no reasoning example fits max_seq_len {seq_len}")
+    n = max(1, min(samples, sum(len(b["input_ids"]) for b in batches)) // TRAIN_BATCH)
+    return batches[:n]
 
 
 @torch.no_grad()
@@ -138,10 +165,11 @@ def heldout_nll(model, batches) -> float:
     try:
         for b in batches:
             ids = b["input_ids"]
+            target = b.get("labels", ids)[:, 1:]
             logits = model(ids).logits[:, :-1].float()
-            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                           reduction="sum"))
-            count += ids[:, 1:].numel()
+            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                           ignore_index=IGNORE_INDEX, reduction="sum"))
+            count += int((target != IGNORE_INDEX).sum())
     finally:
         model.train(was)
     return total / count
@@ -225,16 +253,34 @@ def blocks_of(model) -> list[dict[str, BitLinear]]:
             for i in range(len(model.net.layers))]
 
 
-def train_steps(model, batches, steps: int, optimizer, *, on_step=None, lam_of=None) -> list[float]:
-    """`steps` steps of the model's own train-mode loss (shifted LM + halting) over `batches` (cycled);
-    lam_of(step) sets λ before each step when given."""
+def distillation_loss(out, teacher, ids, labels) -> torch.Tensor:
+    """KL(teacher ‖ student) of the next-token distributions, averaged over every position, plus the student's
+    halting loss: the student learns to predict what the full-precision model predicts, not the text — so
+    QAT keeps what Phase 3 taught (measured on tiny, 2026-11-26: trained on the text itself, the QAT model
+    dropped `[/endthinking]` and answered "What is 2+2?" with "[thinking]nswer: 100", while the Phase-3
+    model it came from wrote "[thinking] <step> … [/endthinking]"). The teacher runs as at inference (eval
+    mode, ACT halting, no gradient). Only positions whose next token is a real one (labels not IGNORE_INDEX)."""
+    with torch.no_grad():
+        target = teacher(ids).logits.float()
+    valid = labels[:, 1:] != IGNORE_INDEX
+    kl = F.kl_div(F.log_softmax(out.logits[:, :-1][valid].float(), dim=-1),
+                  F.log_softmax(target[:, :-1][valid], dim=-1), log_target=True, reduction="batchmean")
+    return kl + out.halt_loss
+
+
+def train_steps(model, batches, steps: int, optimizer, *, on_step=None, lam_of=None, teacher=None) -> list[float]:
+    """`steps` steps over `batches` (cycled): the model's own train-mode loss (shifted LM + halting), or with
+    `teacher` (a frozen full-precision model in eval mode) distillation_loss; lam_of(step) sets λ before each
+    step when given."""
     model.train()
     losses = []
     for i in range(steps):
         if lam_of is not None:
             lam_of(i + 1)
         ids = batches[i % len(batches)]["input_ids"]
-        loss = model(ids, labels=ids).loss
+        labels = batches[i % len(batches)].get("labels", ids)
+        out = model(ids, labels=labels)
+        loss = out.loss if teacher is None else distillation_loss(out, teacher, ids, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -256,14 +302,14 @@ def quantize_layer(model, block: dict[str, BitLinear], batches, steps: int, opti
 
 
 def fine_tune_compressed(model, batches, *, epochs: int, lr: float, on_step=None, optimizer=None,
-                         start_epoch: int = 0, on_epoch=None) -> list[float]:
+                         start_epoch: int = 0, on_epoch=None, teacher=None) -> list[float]:
     """The checklist's fine_tune_compressed: `epochs` passes over `batches` at λ = 1 (AdamW at `lr`).
     on_epoch(epoch, optimizer) runs after each pass (epoch from 1: the job's checkpoint); `optimizer` (its
     state restored) and `start_epoch` (passes already done) continue an interrupted run exactly."""
     opt = optimizer if optimizer is not None else make_optimizer(model, lr)
     losses = []
     for epoch in range(start_epoch, epochs):
-        losses += train_steps(model, batches, len(batches), opt, on_step=on_step)
+        losses += train_steps(model, batches, len(batches), opt, on_step=on_step, teacher=teacher)
         if on_epoch is not None:
             on_epoch(epoch + 1, opt)
     return losses
@@ -422,7 +468,7 @@ class BitNetRunner:
             block = blocks[i]
             saved_model = copy.deepcopy(model.state_dict())
             saved_opt = copy.deepcopy(opt.state_dict())
-            quantize_layer(model, block, training, per_block, opt,
+            quantize_layer(model, block, training, per_block, opt, teacher=original,
                            on_step=lambda loss: tel.log({"bitnet/qat_loss": loss}))
             nll = heldout_nll(model, evaluation)
             # a block's cost: what quantizing it costs on the weights it has now — NLL at λ = 1 minus NLL with
@@ -468,7 +514,7 @@ class BitNetRunner:
                 print(f"Fine-tuning to recover from {drop:.1%} drop")
             fine_tune_compressed(model, recovery, epochs=spec.recovery_epochs, lr=spec.recovery_lr,
                                  on_step=lambda loss: tel.log({"bitnet/recovery_loss": loss}),
-                                 optimizer=recovery_opt, start_epoch=start, on_epoch=on_epoch)
+                                 optimizer=recovery_opt, start_epoch=start, on_epoch=on_epoch, teacher=original)
             drop = self.drop(model, evaluation, gain_fp, vocab)
             print(f"After fine-tuning: {drop:.1%} drop")
             recovery_ran = True
