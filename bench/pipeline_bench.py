@@ -34,12 +34,14 @@ REASON = "pipeline bench: every failed gate that allows approval is approved, as
 
 
 def phase_times(events) -> dict[str, float]:
-    """Seconds per phase from (kind, phase, time) triples: first phase_started to last phase_finished."""
+    """Seconds per phase from (kind, phase, time) triples: first phase_started to the last phase_finished or
+    gate event (a phase whose gate failed ends at its gate: no phase_finished until someone approves it, and
+    the wait for approval is not the phase's time)."""
     start, end = {}, {}
     for kind, phase, t in events:
         if kind == "phase_started":
             start.setdefault(phase, t)
-        elif kind == "phase_finished":
+        elif kind in ("phase_finished", "gate"):
             end[phase] = t
     return {p: end[p] - start[p] for p in start if p in end}
 
