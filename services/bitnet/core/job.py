@@ -81,9 +81,9 @@ from services.bitnet.core.quant import (
     quantize_rows, set_lambda, ternary_codes, weight_scale,
 )
 from services.quietstar.core.artifact import load_quietstar
-from shared.model.modeling import IGNORE_INDEX
 from shared.data.prepared import load_split, verify_prepared
 from shared.errors import FailedPreconditionError, InvalidSpecError
+from shared.model.modeling import IGNORE_INDEX
 from shared.runtime import JobResult
 from shared.telemetry.wandb_run import Telemetry
 from shared.utils import get_model_size

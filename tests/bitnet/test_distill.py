@@ -1,0 +1,78 @@
+"""The BitNet job's data and QAT loss: one example per row from position 0 with padding never a target, a
+held-out NLL blind to the padding, and distillation that moves the student towards the frozen teacher."""
+
+import copy
+
+import torch
+
+from services.bitnet.core.job import distillation_loss, example_batches, heldout_nll, train_steps
+from services.quietstar.core.baking import encode_example
+from shared.model.modeling import IGNORE_INDEX
+from tests.quietstar.test_baking import examples, setup
+
+SEQ = 64
+
+
+def test_each_row_is_one_example_from_its_prompt_and_padding_is_never_a_target():
+    model, tok = setup()
+    exs = examples(5, 0, "train")
+    wanted = [encode_example(tok, ex, SEQ).input_ids for ex in exs]
+    batches = example_batches(tok, exs, SEQ, batch_size=4, seed=None)
+    assert [len(b["input_ids"]) for b in batches] == [4, 4, 4, 3]
+    rows = []
+    for b in batches:
+        ids, labels = b["input_ids"], b["labels"]
+        assert ids.shape == labels.shape and ids.shape[1] == max((labels != IGNORE_INDEX).sum(1))  # longest row
+        for i in range(len(ids)):
+            n = int((labels[i] != IGNORE_INDEX).sum())
+            assert torch.equal(labels[i, :n], ids[i, :n]) and (labels[i, n:] == IGNORE_INDEX).all()
+            rows.append(ids[i, :n].tolist())
+    assert rows == wanted                                             # in order, each from position 0
+    shuffled = [r["input_ids"][i, :int((r["labels"][i] != IGNORE_INDEX).sum())].tolist()
+                for r in example_batches(tok, exs, SEQ, batch_size=4, seed=7) for i in range(len(r["input_ids"]))]
+    assert shuffled != rows and sorted(shuffled) == sorted(rows)
+    assert shuffled == [r["input_ids"][i, :int((r["labels"][i] != IGNORE_INDEX).sum())].tolist()
+                        for r in example_batches(tok, exs, SEQ, batch_size=4, seed=7)
+                        for i in range(len(r["input_ids"]))]
+    assert example_batches(tok, exs, 4, batch_size=4, seed=None) == []   # nothing fits: nothing made up
+
+
+def _repadded(batches, pad_id):
+    return [{"input_ids": torch.where(b["labels"] == IGNORE_INDEX, pad_id, b["input_ids"]), "labels": b["labels"]}
+            for b in batches]
+
+
+def test_the_held_out_nll_counts_the_examples_tokens_only():
+    model, tok = setup()
+    batches = example_batches(tok, examples(4, 1, "val"), SEQ, batch_size=4, seed=None)
+    nll = heldout_nll(model, batches)
+    assert abs(heldout_nll(model, _repadded(batches, 5)) - nll) < 1e-5     # what the padding holds is not read
+    single = [{"input_ids": b["input_ids"][i:i + 1, :int((b["labels"][i] != IGNORE_INDEX).sum())]}
+              for b in batches for i in range(len(b["input_ids"]))]
+    tokens = sum(s["input_ids"].shape[1] - 1 for s in single)
+    per_row = sum(heldout_nll(model, [s]) * (s["input_ids"].shape[1] - 1) for s in single) / tokens
+    assert abs(per_row - nll) < 1e-4                                       # = the rows one by one, unpadded
+
+
+def test_distillation_moves_the_student_towards_the_teacher_and_ignores_padding():
+    teacher, tok = setup(seed=0, dropout=0.0)
+    teacher.eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batches = example_batches(tok, examples(4, 2, "train"), SEQ, batch_size=4, seed=0)
+    b = batches[0]
+
+    def loss_of(batch):
+        student.train()
+        with torch.no_grad():
+            out = student(batch["input_ids"], labels=batch["labels"])
+            return float(distillation_loss(out, teacher, batch["input_ids"], batch["labels"]) - out.halt_loss)
+
+    kl = loss_of(b)
+    assert kl > 0 and abs(loss_of(_repadded(batches, 7)[0]) - kl) < 1e-5
+    opt = torch.optim.AdamW(student.parameters(), lr=3e-3)
+    train_steps(student, batches, 12, opt, teacher=teacher)
+    assert loss_of(b) < 0.5 * kl
+    assert all(p.grad is None for p in teacher.parameters())      # the teacher stays frozen
