@@ -13,7 +13,7 @@ from services.coordinator.core.state import StateStore
 from shared.errors import FailedPreconditionError, InvalidSpecError, NotFoundError, StaleLeaseError
 from shared.rpc.auth import with_token
 from shared.rpc.unit_client import GrpcUnitService
-from tests.coordinator.cluster import TOKEN, Cluster
+from tests.coordinator.cluster import TOKEN
 from tests.coordinator.test_state import make_run
 
 
@@ -94,13 +94,6 @@ def test_a_version_1_file_is_migrated_to_budgets(tmp_path, monkeypatch):
 
 
 # -- over gRPC ---------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    c.close()
-
 
 def _client(cluster) -> GrpcUnitService:
     return GrpcUnitService(with_token(grpc.insecure_channel(cluster.server.address), TOKEN), retry_for_s=2)

@@ -18,13 +18,6 @@ from tests.coordinator.cluster import Cluster, passing_metrics
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    c.close()
-
-
 def rpc_error(fn, *args):
     with pytest.raises(grpc.RpcError) as info:
         fn(*args, timeout=10)

@@ -4,22 +4,25 @@ stopping (DESIGN.md §4, §8). A fake cognate job `linger`s after its cancel, li
 import threading
 import time
 
-import pytest
-
 from agentforge.v1 import coordinator_pb2
 from tests.coordinator.cluster import Cluster
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    c.close()
 
 
 def cognate_waits(cluster, *run_ids):
     cluster.wait(lambda: all(cluster.phase(r, "cognate").state == "waiting" for r in run_ids),
                  what=f"cognate of {run_ids} waiting for the lease")
+
+
+def holder_and_waiter(cluster):
+    """A first run whose cognate job holds the lease (held open, lingering after a cancel until told) and a
+    second run whose cognate waits for it: (the cognate fake's behaviour, first run id, second run id)."""
+    b = cluster.behaviour["cognate"]
+    b.hold, b.linger = threading.Event(), threading.Event()
+    first = cluster.create()
+    cluster.wait(b.started.is_set, what="cognate start")
+    second = cluster.create()
+    cognate_waits(cluster, second)
+    return b, first, second
 
 
 def cancel(cluster, run_id):
@@ -48,12 +51,7 @@ def test_the_oldest_waiting_run_gets_a_freed_lease_first(cluster):
 
 
 def test_a_cancelled_job_keeps_the_lease_until_its_worker_reports_it_stopped(cluster):
-    b = cluster.behaviour["cognate"]
-    b.hold, b.linger = threading.Event(), threading.Event()
-    first = cluster.create()
-    cluster.wait(b.started.is_set, what="cognate start")
-    second = cluster.create()
-    cognate_waits(cluster, second)
+    b, first, second = holder_and_waiter(cluster)
 
     run = cancel(cluster, first)
     # the user hears at once...
@@ -81,12 +79,7 @@ def test_a_cancelled_job_keeps_the_lease_until_its_worker_reports_it_stopped(clu
 
 
 def test_a_coordinator_restarted_mid_cancel_releases_the_lease_once_the_job_stops(cluster):
-    b = cluster.behaviour["cognate"]
-    b.hold, b.linger = threading.Event(), threading.Event()
-    first = cluster.create()
-    cluster.wait(b.started.is_set, what="cognate start")
-    second = cluster.create()
-    cognate_waits(cluster, second)
+    b, first, second = holder_and_waiter(cluster)
     cancel(cluster, first)
     assert b.lingering.wait(10)
     cluster.kill_coordinator()
