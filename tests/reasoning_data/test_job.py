@@ -25,7 +25,7 @@ from services.reasoning_data.core.job import (
     select_items,
     validate_reasoning_data,
 )
-from services.reasoning_data.core.strategies import validate_structure
+from services.reasoning_data.core.strategies import is_subquestion, validate_structure
 from shared.config import load_profile
 from shared.config.schema import ReasoningDataConfig
 from shared.errors import InvalidSpecError
@@ -73,6 +73,9 @@ def test_the_ci_job_writes_the_checklists_artifact(data):
     assert len(merged["metadata"]["strategies"]) == 10 and merged["special_tokens"] == list(SPECIAL_TOKENS)
     exs = merged["examples"]
     assert len(exs) == merged["metadata"]["total_examples"] >= spec.target_examples
+    # the target counts the strategies' examples of source problems; the short questions come on top
+    short = [d for d in exs if is_subquestion(d["id"])]
+    assert short and len(exs) - len(short) >= spec.target_examples
     for d in exs:
         ex = Example.from_dict(d)
         assert check_example(ex) is None and validate_structure(ex) is None
@@ -114,7 +117,7 @@ def test_merge_drops_duplicates_and_near_duplicates_of_one_problem():
     kept, rejected, _ = job_mod.merge([a, other_problem], spec)  # the bound is per problem
     assert len(kept) == 2 and not rejected
     # a step's short question of the same problem is another question: its reasoning may repeat the step
-    short = Example(id="G/1#step/q", strategy="step", source_id="G/1", prompt="What is 2+2?",
+    short = Example(id="G/1#step/q1", strategy="step", source_id="G/1", prompt="What is 2+2?",
                     reasoning=a.reasoning, **{k: v for k, v in base.items() if k != "prompt"})
     kept, rejected, _ = job_mod.merge([a, short], spec)
     assert kept == [a, short] and not rejected

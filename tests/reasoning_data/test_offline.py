@@ -12,7 +12,7 @@ from services.dataset.core.prepare import prepare_datasets
 from services.reasoning_data.core.arith import evaluate, fmt
 from services.reasoning_data.core.format import STRATEGIES, Example, check_example
 from services.reasoning_data.core.offline import REJECTION_REASONS, SOURCES, OfflineBackend, source_items
-from services.reasoning_data.core.strategies import KIND_OF_SOURCE, SUPPORT, validate_structure
+from services.reasoning_data.core.strategies import KIND_OF_SOURCE, SUPPORT, is_subquestion, validate_structure
 from shared.config import load_profile
 from shared.data.prepared import load_split
 from shared.data.records import Record
@@ -85,7 +85,7 @@ def test_every_strategy_yields_valid_examples_and_accounts_for_every_record(reco
     by_source = collections.Counter(r.dataset for r in records)
     total = 0
     for strategy, all_examples in generated.items():
-        examples, rejected = [e for e in all_examples[0] if not e.id.endswith("/q")], all_examples[1]
+        examples, rejected = [e for e in all_examples[0] if not is_subquestion(e.id)], all_examples[1]
         assert examples, strategy
         total += len(examples)
         assert len(examples) + sum(rejected.values()) == len(records), strategy
@@ -100,15 +100,29 @@ def test_every_strategy_yields_valid_examples_and_accounts_for_every_record(reco
     assert total >= 2000
 
 
-def test_step_adds_one_short_question_per_math_record_from_its_own_verified_steps(records, generated):
-    """Each math record's `step` example comes with at most one "What is <expr>?" taken from one of its own
-    steps (same source, same split key), answered with that step: the question's value, checked, in the
-    step format — and no other strategy adds any."""
+def test_step_adds_a_short_question_per_operator_step_of_each_math_record(records, generated):
+    """Each math record's `step` example comes with one "What is <expr>?" per distinct step expression that
+    has an operator, taken from its own steps (same source, same split key), answered with that step: the
+    question's value, checked, in the step format — and no other strategy adds any."""
     by_id = {r.id: r for r in records}
-    steps = {e.source_id: e for e in generated["step"][0] if not e.id.endswith("/q")}
-    short = [e for e in generated["step"][0] if e.id.endswith("/q")]
-    math_with_step = [i for i in steps if KIND_OF_SOURCE[by_id[i].dataset] == "math"]
-    assert len(short) >= 0.9 * len(math_with_step) and len({e.id for e in short}) == len(short)
+    steps = {e.source_id: e for e in generated["step"][0] if not is_subquestion(e.id)}
+    short = [e for e in generated["step"][0] if is_subquestion(e.id)]
+    assert len({e.id for e in short}) == len(short)
+    by_source: dict[str, list] = {}
+    for e in short:
+        by_source.setdefault(e.source_id, []).append(e)
+    for source_id, parent in steps.items():
+        if KIND_OF_SOURCE[by_id[source_id].dataset] != "math":
+            assert source_id not in by_source
+            continue
+        exprs = [s["expr"] for s in parent.structure["steps"]]
+        wanted = list(dict.fromkeys(x for x in exprs if any(op in x.lstrip("-") for op in "+-*/%")))
+        got = by_source.get(source_id, [])
+        assert [e.prompt for e in got] == [f"What is {x}?" for x in wanted]
+        for e in got:    # the id names the step's 1-based position in the parent
+            k = int(e.id.rsplit("/q", 1)[1])
+            assert e.id == f"{source_id}#step/q{k}" and exprs[k - 1] == e.structure["steps"][0]["expr"]
+    assert len(short) > len([s for s in steps if KIND_OF_SOURCE[by_id[s].dataset] == "math"])
     for e in short:
         parent = steps[e.source_id]
         (step,) = e.structure["steps"]
@@ -117,14 +131,14 @@ def test_step_adds_one_short_question_per_math_record_from_its_own_verified_step
         assert e.answer == e.gold == fmt(evaluate(step["expr"])) and e.verified
         assert e.reasoning == f"[thinking] <step> {step['expr']}={e.answer} [/endthinking]"
     for strategy, (examples, _) in generated.items():
-        assert strategy == "step" or not any(e.id.endswith("/q") for e in examples)
+        assert strategy == "step" or not any(is_subquestion(e.id) for e in examples)
 
 
 def test_math_answers_are_all_verified_and_unverifiable_items_are_counted(records, generated):
     math_ids = {r.id for r in records if KIND_OF_SOURCE[r.dataset] == "math"}
     gold = {r.id: r.answer for r in records}
     for strategy, (examples, rejected) in generated.items():
-        math = [e for e in examples if e.source_id in math_ids and not e.id.endswith("/q")]  # /q: own gold
+        math = [e for e in examples if e.source_id in math_ids and not is_subquestion(e.id)]  # /q: own gold
         assert math and all(e.verified and e.gold == gold[e.source_id] for e in math)
         assert set(rejected) <= set(REJECTION_REASONS) - {"failed_format_check", "failed_structure_check"}
     # the same source items are unusable for every strategy that reaches extraction
@@ -172,6 +186,7 @@ def test_unverifiable_or_foreign_items_are_counted_never_emitted():
                     answer="A", choices=("A", "B"), label=0)]
     for strategy in STRATEGIES:
         examples, rejected = OfflineBackend().generate(items, strategy, seed=0)
-        assert [e.source_id for e in examples] == ["GSM8K/x-1"] * (2 if strategy == "step" else 1), strategy
+        # step: the record's example and one short question per step (12+8, 20*2)
+        assert [e.source_id for e in examples] == ["GSM8K/x-1"] * (3 if strategy == "step" else 1), strategy
         assert rejected == collections.Counter({"step_mismatch": 1, "final_mismatch": 1, "no_calc_steps": 1,
                                                 "unsupported_source": 1}), strategy

@@ -48,6 +48,7 @@ from shared.storage import ArtifactRef, ArtifactStore
 from shared.storage.keys import staging_key
 
 from services.reasoning_data.core.format import Example, check_example
+from services.reasoning_data.core.strategies import is_subquestion
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,8 @@ def work_unit(store: ArtifactStore, service: UnitService, unit: LeasedUnit, *, w
     if store.exists(f"{key}/manifest.json"):
         store.delete_artifact(key)
     report = {"unit_id": unit.unit_id, "strategy": p["strategy"], "items": len(records), "worker": worker,
-              "examples": len(examples), "rejected": dict(rejected), "usage": usage,
+              "examples": len(examples), "short_questions": sum(is_subquestion(e.id) for e in examples),
+              "rejected": dict(rejected), "usage": usage,
               "seconds": time.monotonic() - t0}
     with store.open_artifact(key, kind="dataset", name=unit.unit_id, config={"unit": unit.unit_id},
                              producer={"run_id": unit.run_id, "phase": PHASE, "job_id": worker,
@@ -420,7 +422,9 @@ class ReasoningDataRunner:
                             heartbeat_s=self.heartbeat_s, env=self.env)
         # Rounds: plan enough slices for the target at the yield seen so far (80% assumed at first), work them
         # all, and plan more only while short of the target and problems remain. Deterministic, so a
-        # restarted job plans the same units and finds the finished ones done.
+        # restarted job plans the same units and finds the finished ones done. The target counts the strategies'
+        # examples of source problems; the short questions of their steps (strategies.subquestions) come on top,
+        # so they never take a source problem's place.
         want = spec.target_examples * 1.1  # the merge may still drop near-duplicates
         planned, produced = 0, 0
         while True:
@@ -433,7 +437,8 @@ class ReasoningDataRunner:
             log.info("reasoning_data: slices %d..%d planned (%d units, %d new)", planned, upto - 1, len(units), added)
             planned = upto
             statuses = self._work_until_done(ctx, service, worker, run_id)
-            produced = sum(self._report(ctx.store, u)["examples"] for u in statuses)
+            produced = sum(r["examples"] - r.get("short_questions", 0)
+                           for r in (self._report(ctx.store, u) for u in statuses))
             if produced >= want or planned >= n_slices:
                 break
         return self._publish(ctx, spec, statuses, datasets_ref)

@@ -5,8 +5,8 @@ Only our `train` split of each source is read — never a test or val split, and
 test. Every emitted example passes both `format.check_example` and `strategies.validate_structure`; a math
 example is emitted only when its verified steps arrive at the gold answer (so math answer verification is
 100% among emitted examples). Everything else is a rejection counted by reason. With the `step`
-strategy, each math record also gives one short question from one of its verified steps
-(strategies.subquestion: "What is 5*3?", id "<source_id>#step/q"), so the student meets short prompts too.
+strategy, each math record also gives one short question per verified step with an operator
+(strategies.subquestions: "What is 5*3?", id "<source_id>#step/q<k>"), so the student meets short prompts too.
 The output for one (record, strategy, seed) does not depend on the other records, so any slicing of the
 records into work units gives the same examples.
 """
@@ -22,7 +22,7 @@ from services.reasoning_data.core import arith, strategies
 from services.reasoning_data.core.arith import Unsupported
 from services.reasoning_data.core.format import STRATEGIES, Example, check_example
 from services.reasoning_data.core.strategies import (
-    KIND_OF_SOURCE, UNSUPPORTED_SOURCE, MathTrace, build, extract, subquestion, supports, validate_structure,
+    KIND_OF_SOURCE, UNSUPPORTED_SOURCE, MathTrace, build, extract, subquestions, supports, validate_structure,
 )
 from shared.config.schema import REASONING_SOURCES
 from shared.data.prepared import load_split
@@ -110,7 +110,6 @@ class OfflineBackend:
                 continue
             examples.append(built)
             if strategy == "step" and isinstance(trace, MathTrace):
-                sub = subquestion(record, trace, random.Random(f"{seed}:{record.id}:step/q"))
-                if sub is not None and check_example(sub) is None and validate_structure(sub) is None:
-                    examples.append(sub)
+                examples.extend(sub for sub in subquestions(record, trace)
+                                if check_example(sub) is None and validate_structure(sub) is None)
         return examples, rejected

@@ -42,6 +42,7 @@ from __future__ import annotations
 import ast
 import math
 import random
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -57,8 +58,8 @@ from shared.data.records import Record
 
 __all__ = [
     "BUILDERS", "KIND_OF_SOURCE", "REASONS", "SUPPORT", "SUPPORT_BY_SOURCE", "ChoiceTrace", "CodeTrace",
-    "MathTrace", "build", "choice_expert", "code_facts", "extract", "math_expert", "render", "subquestion",
-    "subquestion_id", "supports", "validate_structure",
+    "MathTrace", "build", "choice_expert", "code_facts", "extract", "is_subquestion",
+    "math_expert", "render", "subquestion_id", "subquestions", "supports", "validate_structure",
 ]
 
 KIND_OF_SOURCE: dict[str, str] = {"GSM8K": "math", "SVAMP": "math", "ASDiv": "math", "StrategyQA": "choice",
@@ -755,25 +756,37 @@ def build(strategy: str, record: Record, trace: MathTrace | ChoiceTrace | CodeTr
                    structure=structure)
 
 
-def subquestion(record: Record, trace: MathTrace, rng: random.Random) -> Example | None:
-    """A short arithmetic question taken from one verified step of a math record ("What is 5*3?"), answered
-    with that step in the `step` format — so the student also meets short prompts, not only word problems,
-    and still opens and closes its reasoning (a model baked on long prompts alone may not, measured on tiny:
-    "What is 2+2?" drifted past the context without `[/endthinking]`). The step is chosen with `rng`; the
-    answer is the step's evaluated value (gold = that value, verified). None for a record whose chosen step
-    has no operator (nothing to ask)."""
-    step = trace.steps[rng.randrange(len(trace.steps))].to_dict()
-    if not any(op in step["expr"].lstrip("-") for op in "+-*/%"):
-        return None
-    structure = {"kind": "math", "steps": [step]}
-    answer = fmt(step["value"])
-    return Example(id=subquestion_id(record.id), strategy="step", prompt=f"What is {step['expr']}?",
-                   reasoning=render("step", structure), answer=answer, source=record.dataset, source_id=record.id,
-                   gold=answer, verified=True, origin="offline", structure=structure)
+def subquestions(record: Record, trace: MathTrace) -> list[Example]:
+    """Short arithmetic questions taken from the verified steps of a math record ("What is 5*3?"), each
+    answered with its step in the `step` format — so the student also meets short prompts, not only word
+    problems, and still opens and closes its reasoning (a model baked on long prompts alone may not, measured
+    on tiny: "What is 2+2?" drifted past the context without `[/endthinking]`). One per step with an
+    operator, in step order, a repeated expression once (one per record made 7% of the tiny data; this,
+    ~12%); the answer is the step's evaluated value (gold = that value, verified). Ids
+    `<source_id>#step/q<k>`, k = the step's 1-based position. The job's target_examples does not count them:
+    they come on top of the source problems' examples."""
+    out: list[Example] = []
+    seen: set[str] = set()
+    for k, step in enumerate((s.to_dict() for s in trace.steps), start=1):
+        expr = step["expr"]
+        if expr in seen or not any(op in expr.lstrip("-") for op in "+-*/%"):
+            continue
+        seen.add(expr)
+        structure = {"kind": "math", "steps": [step]}
+        answer = fmt(step["value"])
+        out.append(Example(id=subquestion_id(record.id, k), strategy="step", prompt=f"What is {expr}?",
+                           reasoning=render("step", structure), answer=answer, source=record.dataset,
+                           source_id=record.id, gold=answer, verified=True, origin="offline", structure=structure))
+    return out
 
 
-def subquestion_id(source_id: str) -> str:
-    return f"{example_id(source_id, 'step')}/q"
+def subquestion_id(source_id: str, k: int) -> str:
+    return f"{example_id(source_id, 'step')}/q{k}"
+
+
+def is_subquestion(example_id_: str) -> bool:
+    """Whether an example id is a step's short question (`subquestions`)."""
+    return re.search(r"#step/q\d+$", example_id_) is not None
 
 
 def _builder(strategy: str) -> Callable[[Record, Any, random.Random], Example | str]:
