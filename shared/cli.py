@@ -171,7 +171,7 @@ KEY_METRICS = {
     "quietstar": ("quietstar/gsm8k_acc", "quietstar/gsm8k_acc_no_thoughts", "quietstar/rl_steps",
                   "quietstar/rl_rollbacks"),
     "bitnet": ("bitnet/bitlinear_compression_ratio", "bitnet/model_size_mb", "bitnet/gsm8k_acc", "bitnet/arc_acc",
-               "bitnet/piqa_acc", "bitnet/thinking_tokens_present"),
+               "bitnet/piqa_acc", "bitnet/thinking_tokens_present", "bitnet/short_question_format_rate"),
 }
 
 

@@ -18,7 +18,8 @@ from shared.report.plots import PLOTS, Plot, missing_reason
 # Benchmark accuracies wherever a phase measured them, and Phase 4's headline figures.
 BENCHMARK = re.compile(r".*(?:gsm8k|arc|piqa|hellaswag|boolq|commonsense_?qa)_acc.*"
                        r"|bitnet/(?:compression_ratio|bitlinear_compression_ratio|nll_gain_retained|ternary_fraction"
-                       r"|bytes_per_token_reduction|sparsity|model_size_mb|thinking_tokens_present)")
+                       r"|bytes_per_token_reduction|sparsity|model_size_mb|thinking_tokens_present"
+                       r"|short_question_format_rate)")
 MANIFEST_FILE = "data/datasets_manifest.json"
 
 

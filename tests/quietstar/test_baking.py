@@ -10,14 +10,16 @@ import torch.nn.functional as F
 import services.quietstar.core.baking as baking
 from services.quietstar.core import add_thinking_tokens, bake, filter_by_strategy, train_test_split
 from services.quietstar.core.baking import (
-    BakingTrainer, KLTeacher, encode_example, encode_prompt, format_text, kl_batches, mean_kl, pad_batch,
+    BakingCheckpoint, BakingTrainer, KLTeacher, encode_example, encode_prompt, format_text, kl_batches, mean_kl, pad_batch,
     split_by_field,
 )
 from services.quietstar.core.baking_eval import (
-    ANSWER_ACCURACY, FORMAT_ADHERENCE, TOKEN_ACCURACY, evaluate_baking, parse_output, select_items,
+    ANSWER_ACCURACY, FORMAT_ADHERENCE, TOKEN_ACCURACY, checklist_passed, evaluate_baking, parse_output, select_items,
+    short_question_outputs,
 )
 from services.reasoning_data.core.format import Example, check_example
 from shared.data.special_tokens import STRATEGIES
+from shared.errors import FailedPreconditionError, InvalidSpecError
 from shared.model.modeling import IGNORE_INDEX
 from shared.telemetry.metric_names import baking_accuracy
 from tests.quietstar.test_tokens import CI, make_model, make_tokenizer
@@ -163,12 +165,16 @@ def test_sft_baking_raises_format_adherence(baked):
     assert [r["epoch"] for r in records] == list(range(1, result.epochs_run + 1))
     assert records[-1]["loss"] < records[0]["loss"]
     assert all("baking/loss" in r and FORMAT_ADHERENCE in r for r in records)
+    assert after == records[result.best_epoch - 1]["metrics"]           # the best epoch's weights are returned
     assert result.converged == (after[FORMAT_ADHERENCE] >= result.target)
     assert result.train_examples == len(train) and result.dropped_too_long == 0
-    # temperature sampling too, not only greedy decoding
+    # temperature sampling too, not only greedy decoding: the unbaked model never samples the format
     sampled = evaluate_baking(model, tok, val, limit=24, max_new_tokens=24, temperature=1.0, seed=5)
-    print(f"sampled (T=1) format adherence after baking: {sampled[FORMAT_ADHERENCE]:.3f}")
-    assert sampled[FORMAT_ADHERENCE] >= 0.5
+    unbaked, _ = setup()
+    never = evaluate_baking(unbaked, tok, val, limit=24, max_new_tokens=24, temperature=1.0, seed=5)
+    print(f"sampled (T=1) format adherence: {never[FORMAT_ADHERENCE]:.3f} unbaked, "
+          f"{sampled[FORMAT_ADHERENCE]:.3f} baked (epoch {result.best_epoch} of {result.epochs_run})")
+    assert never[FORMAT_ADHERENCE] == 0.0 and sampled[FORMAT_ADHERENCE] >= 0.25
 
 
 def test_per_strategy_metrics_for_every_strategy_in_the_data(baked):
@@ -231,6 +237,29 @@ def test_adherence_is_measured_by_unconstrained_sampling(baked):
                 assert int(model(torch.tensor([seq])).logits[0, -1].argmax()) == tok.eos_token_id
 
 
+def test_short_question_outputs_are_the_greedy_text_with_all_the_room_the_context_leaves(baked):
+    """What the checklist's post-Phase-4 test reads: each prompt alone, greedy, up to the end of the context,
+    special tokens kept; checklist_passed is exactly "both wrapper tokens in it"; a baked model passes on
+    prompts of the kind it was baked on, the unbaked one does not; a prompt that fills the context is refused."""
+    model, tok, train, val, result, records = baked
+    prompts = ["What is 2 plus 2?", "What is 3 plus 5?", "What is 7 plus 1?"]
+    texts = short_question_outputs(model, tok, prompts)
+    for prompt, text in zip(prompts, texts):
+        ids = encode_prompt(tok, {"prompt": prompt})
+        room = model.config.max_seq_len - len(ids)
+        (out,) = baking.baking_eval.sample_outputs(model, tok, [ids], max_new_tokens=room, temperature=0.0)
+        assert text == tok.decode(out, skip_special_tokens=False) and len(out) <= room
+    assert sum(map(checklist_passed, texts)) >= 2
+    fresh, fresh_tok = setup()
+    assert not any(map(checklist_passed, short_question_outputs(fresh, fresh_tok, prompts)))
+    assert checklist_passed("x [thinking] y [/endthinking]") and not checklist_passed("[thinking] y")
+    assert not checklist_passed("[/endthinking]") and not checklist_passed("")
+    with pytest.raises(InvalidSpecError, match="prompts"):
+        short_question_outputs(model, tok, ["word " * model.config.max_seq_len])
+    with pytest.raises(InvalidSpecError, match="prompts"):
+        short_question_outputs(model, tok, [])
+
+
 # --- the KL objective -----------------------------------------------------------------------------------
 
 def test_kl_objective_keeps_teacher_bit_identical_and_lowers_kl():
@@ -277,19 +306,23 @@ def _scripted(values):
     return evaluator, seen
 
 
-@pytest.mark.parametrize("values, mitigated, converged", [
-    ([0.0, 0.5, 0.6, 0.7, 0.8, 0.9], True, True),       # below target after 2 epochs, reaches it after
-    ([0.0, 0.5, 0.6, 0.6, 0.6, 0.6], True, False),      # below target after the mitigation too
-    ([0.0, 0.5, 0.85], False, True),                    # exactly at target: no mitigation
-    ([0.0, 0.95, 0.9], False, True),
+@pytest.mark.parametrize("values, mitigated, converged, best", [
+    ([0.0, 0.5, 0.6, 0.7, 0.8, 0.9], True, True, 5),    # below target after 2 epochs, reaches it after
+    ([0.0, 0.5, 0.6, 0.6, 0.6, 0.6], True, False, 5),   # below target after the mitigation too (a tie: the later)
+    ([0.0, 0.5, 0.85], False, True, 2),                 # exactly at target: no mitigation
+    ([0.0, 0.95, 0.9], False, True, 1),                 # the first epoch validated best: its weights come back
+    ([0.0, 0.9, 0.5], False, True, 1),                  # a planned epoch reached the target: no mitigation
+    ([0.0, 0.5, 0.6, 0.9, 0.4, 0.3], True, True, 3),    # the mitigation's first epoch is the best
 ])
-def test_mitigation_runs_exactly_when_below_target(monkeypatch, values, mitigated, converged):
+def test_mitigation_runs_exactly_when_below_target(monkeypatch, values, mitigated, converged, best):
     model, tok = setup()
     evaluator, seen = _scripted(values)
     monkeypatch.setattr(baking, "evaluate_baking", evaluator)          # bake's default evaluator
-    records = []
+    records, weights = [], {}
     result = bake(model, tok, examples(4, 0, "train"), examples(1, 1, "val"), spec(target=0.85), epochs=2,
-                  seed=0, on_epoch=records.append)
+                  seed=0, on_epoch=records.append,
+                  on_checkpoint=lambda c: weights.update({c.progress["epoch"]: {
+                      k: v.clone() for k, v in model.state_dict().items()}}))
     assert result.mitigated is mitigated and result.converged is converged
     assert result.epochs_run == 2 + (3 if mitigated else 0) == len(records)
     assert len(seen) == 1 + result.epochs_run                          # initial + one validation per epoch
@@ -301,6 +334,15 @@ def test_mitigation_runs_exactly_when_below_target(monkeypatch, values, mitigate
         assert all(r["lrs"] == [lr * 0.5 for lr in planned_lrs] for r in records[2:])
     else:
         assert result.lrs_before_mitigation is None and all(r["lrs"] == planned_lrs for r in records)
+    # the best epoch's weights and validation are the result
+    assert result.best_epoch == best and result.restored_best is (best != result.epochs_run)
+    assert result.final_metrics == records[best - 1]["metrics"]
+    assert result.final_metrics[FORMAT_ADHERENCE] == max(values[1:1 + result.epochs_run])
+    assert set(weights) == set(range(1, result.epochs_run + 1))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, weights[best][name]), name
+    if best != result.epochs_run:
+        assert any(not torch.equal(t, weights[result.epochs_run][n]) for n, t in model.state_dict().items())
 
 
 # --- checkpoints --------------------------------------------------------------------------------------
@@ -330,3 +372,37 @@ def test_baking_resumed_from_an_epoch_checkpoint_ends_exactly_like_an_uninterrup
         assert resumed.lrs_after_mitigation == whole.lrs_after_mitigation
         for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
             assert torch.equal(a, b), name
+
+
+def test_a_resumed_baking_returns_the_same_best_epoch_weights_the_checkpoint_carried(monkeypatch):
+    """When an earlier epoch validated best, every later checkpoint carries that epoch's weights; a job
+    resumed from any of them ends holding exactly them, as the uninterrupted run does."""
+    by_epoch = {0: 0.0, 1: 0.5, 2: 0.7, 3: 0.3, 4: 0.4, 5: 0.2}     # planned 0.5, 0.7: the mitigation runs
+
+    def evaluator(model, tokenizer, examples_, *, seed, **kwargs):
+        return {FORMAT_ADHERENCE: by_epoch[seed - 3], ANSWER_ACCURACY: 0.0, TOKEN_ACCURACY: 0.0}
+
+    monkeypatch.setattr(baking, "evaluate_baking", evaluator)
+    train, val = examples(6, 0, "train"), examples(2, 1, "val")
+    model, tok = setup(dropout=0.1)
+    saved = []
+    whole = bake(model, tok, train, val, spec(lr=3e-3), epochs=2, seed=3, eval_limit=3, max_new_tokens=8,
+                 on_checkpoint=lambda c: saved.append((c, {k: v.clone() for k, v in model.state_dict().items()})))
+    assert whole.mitigated and whole.epochs_run == 5 and whole.best_epoch == 2 and whole.restored_best
+    assert [c.best_weights is None for c, _ in saved] == [True, True, False, False, False]
+    for name, t in saved[2][0].best_weights.items():
+        assert torch.equal(t, saved[1][1][name]), name                # epoch 2's weights, carried along
+    for cut in (1, 2, 3):
+        ckpt, weights = saved[cut]
+        again, tok2 = setup(dropout=0.1)
+        again.load_state_dict(weights)
+        resumed = bake(again, tok2, train, val, spec(lr=3e-3), epochs=2, seed=3, eval_limit=3, max_new_tokens=8,
+                       resume=ckpt)
+        assert resumed.best_epoch == 2 and resumed.final_metrics == whole.final_metrics
+        assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+        for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+            assert torch.equal(a, b), name
+    broken = BakingCheckpoint(saved[3][0].progress, saved[3][0].optimizer_state, saved[3][0].rng_state, None)
+    again, tok2 = setup(dropout=0.1)
+    with pytest.raises(FailedPreconditionError, match="best"):
+        bake(again, tok2, train, val, spec(lr=3e-3), epochs=2, seed=3, eval_limit=3, max_new_tokens=8, resume=broken)

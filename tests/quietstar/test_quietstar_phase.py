@@ -11,6 +11,7 @@ import torch
 from services.quietstar.core import rl as rl_mod
 from services.quietstar.core.artifact import HEAD_FILE, SETTINGS_FILE, load_quietstar
 from services.quietstar.core.baking import BakingTrainer
+from services.quietstar.core.baking_eval import checklist_passed, short_question_outputs
 from services.quietstar.core.job import BAKED_STEP, pack_rows, score_gsm8k
 from shared.config import load_profile
 from shared.data.records import Record
@@ -91,6 +92,10 @@ def test_the_model_is_published_loads_and_generates_with_thoughts_shown_or_hidde
     shown = qs.generate("What is 2+2?", max_new_tokens=6, show_thoughts=True)
     assert shown.count("[thinking]") >= hidden.count("[thinking]") + 1   # a thought before every token
     assert len(shown) > len(hidden)
+    # the short-question rate is the published model's own: greedy, without thoughts, the checklist's test
+    texts = short_question_outputs(qs.model, qs.tokenizer)
+    assert whole.metrics["quietstar/short_question_format_rate"] == pytest.approx(
+        sum(map(checklist_passed, texts)) / len(texts))
 
 
 def test_every_gate_metric_is_reported_and_the_comparisons_add_up(whole):

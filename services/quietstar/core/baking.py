@@ -37,10 +37,14 @@ pure KL: the halting loss is left out (≈ 0.6 nats of BCE beside a KL of 0.01�
 tiny model). The teacher's weights are fingerprinted when it is made and checked when baking ends
 (`BakingResult.teacher_unchanged`).
 
-**Convergence** (checklist "Convergence Check"): validation after every epoch (`baking_eval`). When format
-adherence after the planned epochs is below `spec.format_adherence_target`, every learning rate is halved
-and 3 more epochs are trained (the same optimizer and its state), once; `converged` says whether the final
-adherence reached the target. The gate itself is the phase's.
+**Convergence** (checklist "Convergence Check"): validation after every epoch (`baking_eval`). When the best
+format adherence of the planned epochs is below `spec.format_adherence_target`, every learning rate is
+halved and 3 more epochs are trained (the same optimizer and its state), once. Baking returns the weights
+of its best epoch — the highest format adherence, the later epoch on a tie — restoring them when a later
+epoch validated lower (measured on tiny, 2026-11-26: adherence 0.03, 1.00, 1.00, 0.72 over four epochs —
+epoch 3 answered "What is 2+2?" with "[thinking] <step> 6*2=6. [/endthinking]", epoch 4 with
+code-like text — and another run's mitigation went 0.97, 0.97, 0.59). `converged` says whether the
+returned weights' adherence reached the target. The gate itself is the phase's.
 """
 
 from __future__ import annotations
@@ -390,20 +394,23 @@ def train_more_epochs(trainer: BakingTrainer, epochs: int) -> list[float]:
 @dataclass
 class BakingCheckpoint:
     """Where baking stands after an epoch (what a restarted job resumes from): `progress` is JSON (epochs,
-    history, the mitigation's state, the pre-training metrics), the optimizer's state dict and the torch RNG
-    state (dropout) are tensors. The model's weights are the caller's to save beside it."""
+    history, the mitigation's state, the pre-training metrics, the best epoch so far), the optimizer's state
+    dict and the torch RNG state (dropout) are tensors; `best_weights` is the best epoch's state dict when
+    that is an earlier epoch (None when it is this one). The model's weights are the caller's to save beside
+    it."""
 
     progress: dict[str, Any]
     optimizer_state: dict[str, Any]
     rng_state: torch.Tensor
+    best_weights: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
 class BakingResult:
-    converged: bool                     # final format adherence >= target
+    converged: bool                     # the returned weights' format adherence >= target
     mitigated: bool                     # the halve-LR + 3 epochs mitigation ran
     target: float
-    final_metrics: dict[str, float]
+    final_metrics: dict[str, float]     # the returned weights' (the best epoch's) validation
     initial_metrics: dict[str, float] | None   # before any update (None when not measured)
     history: list[dict[str, Any]]       # per epoch: epoch, stage ("planned"/"mitigation"), loss, lrs, metrics
     epochs_run: int
@@ -415,6 +422,8 @@ class BakingResult:
     teacher_fingerprint: str | None = None
     teacher_unchanged: bool | None = None
     teacher: KLTeacher | None = field(default=None, repr=False)
+    best_epoch: int = 0                 # the epoch whose weights are returned
+    restored_best: bool = False         # True when that is an earlier epoch than the last one trained
 
     @property
     def format_adherence(self) -> float:
@@ -441,7 +450,8 @@ def bake(model: nn.Module, tokenizer: Any, train_examples: Sequence[Mapping[str,
 
     on_checkpoint(BakingCheckpoint) after every epoch's validation (the caller saves it with the model's
     weights); resume: such a checkpoint, with the model already holding its weights — baking goes on from
-    the next epoch exactly as an uninterrupted run would (same data order, dropout, mitigation decision).
+    the next epoch exactly as an uninterrupted run would (same data order, dropout, mitigation decision,
+    best epoch). The model ends holding the best epoch's weights (module docstring).
     teacher_model: what the KL teacher is copied from (default `model`); on a resumed KL run pass the
     pre-baking model, since `model` then holds baked weights.
     """
@@ -479,6 +489,12 @@ def bake(model: nn.Module, tokenizer: Any, train_examples: Sequence[Mapping[str,
     history: list[dict[str, Any]] = []
     mitigated = False
     before = after = None
+    best_epoch = 0                                   # 0: no epoch trained yet
+    best_weights: dict[str, torch.Tensor] | None = None
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
     if resume is not None:
         state = resume.progress
         if state.get("objective", objective) != objective:
@@ -490,6 +506,14 @@ def bake(model: nn.Module, tokenizer: Any, train_examples: Sequence[Mapping[str,
         before, after = state.get("lrs_before_mitigation"), state.get("lrs_after_mitigation")
         trainer.optimizer.load_state_dict(resume.optimizer_state)
         torch.set_rng_state(resume.rng_state)
+        best_epoch = int(state.get("best_epoch", trainer.epoch))
+        if best_epoch == trainer.epoch:
+            best_weights = snapshot()
+        elif resume.best_weights is None:
+            raise FailedPreconditionError(f"the checkpoint after epoch {trainer.epoch} names epoch {best_epoch} "
+                                          f"as the best but does not hold its weights")
+        else:
+            best_weights = {k: v.detach().clone() for k, v in resume.best_weights.items()}
         log.info("baking resumed after epoch %d", trainer.epoch)
 
     def save() -> None:
@@ -497,12 +521,17 @@ def bake(model: nn.Module, tokenizer: Any, train_examples: Sequence[Mapping[str,
             return
         progress = {"epoch": trainer.epoch, "step": trainer.step, "history": history, "mitigated": mitigated,
                     "lrs_before_mitigation": before, "lrs_after_mitigation": after, "initial_metrics": initial,
-                    "objective": objective}
+                    "objective": objective, "best_epoch": best_epoch}
         # copies: the optimizer's state dict holds its live buffers, which the next step changes
         on_checkpoint(BakingCheckpoint(copy.deepcopy(progress), copy.deepcopy(trainer.optimizer.state_dict()),
-                                       torch.get_rng_state()))
+                                       torch.get_rng_state(),
+                                       best_weights if best_epoch != trainer.epoch else None))
+
+    def adherence_of(epoch: int) -> float:
+        return float(history[epoch - 1]["metrics"][FORMAT_ADHERENCE])
 
     def run_epoch(stage: str) -> dict[str, float]:
+        nonlocal best_epoch, best_weights
         loss = trainer.train_epoch()
         metrics = validate(seed + trainer.epoch)
         record = {"epoch": trainer.epoch, "stage": stage, "loss": loss, "lrs": trainer.lrs, "metrics": metrics,
@@ -512,17 +541,18 @@ def bake(model: nn.Module, tokenizer: Any, train_examples: Sequence[Mapping[str,
                  metrics.get(FORMAT_ADHERENCE, float("nan")))
         if on_epoch is not None:
             on_epoch(record)
+        if best_epoch == 0 or metrics[FORMAT_ADHERENCE] >= adherence_of(best_epoch):   # a tie: the later epoch
+            best_epoch, best_weights = trainer.epoch, snapshot()
         save()
         return metrics
 
     def done(stage: str) -> int:
         return sum(1 for h in history if h["stage"] == stage)
 
-    metrics: dict[str, float] = dict(history[-1]["metrics"]) if history else {}
     for _ in range(epochs - done("planned")):
-        metrics = run_epoch("planned")
-    if not mitigated and metrics[FORMAT_ADHERENCE] < target:
-        print(f"⚠️ Baking failed: {metrics[FORMAT_ADHERENCE]:.2%} < {target:.0%} format adherence; "
+        run_epoch("planned")
+    if not mitigated and adherence_of(best_epoch) < target:
+        print(f"⚠️ Baking failed: {adherence_of(best_epoch):.2%} < {target:.0%} format adherence; "
               f"halving the learning rate and training {MITIGATION_EPOCHS} more epochs")
         mitigated = True
         before = trainer.lrs
@@ -530,11 +560,18 @@ def bake(model: nn.Module, tokenizer: Any, train_examples: Sequence[Mapping[str,
         after = trainer.lrs
     if mitigated:
         for _ in range(MITIGATION_EPOCHS - done("mitigation")):
-            metrics = run_epoch("mitigation")
+            run_epoch("mitigation")
+    restored = best_epoch != trainer.epoch
+    if restored:
+        model.load_state_dict(best_weights)
+        log.info("baking: epoch %d validated best (format adherence %.3f, the last epoch %.3f): its weights "
+                 "are the result", best_epoch, adherence_of(best_epoch), adherence_of(trainer.epoch))
+    metrics = dict(history[best_epoch - 1]["metrics"])
     converged = metrics[FORMAT_ADHERENCE] >= target
     return BakingResult(converged=converged, mitigated=mitigated, target=target, final_metrics=metrics,
                         initial_metrics=initial, history=history, epochs_run=trainer.epoch, objective=objective,
                         train_examples=len(trainer.encoded), dropped_too_long=trainer.dropped_too_long,
                         lrs_before_mitigation=before, lrs_after_mitigation=after,
                         teacher_fingerprint=teacher.fingerprint if teacher else None,
-                        teacher_unchanged=teacher.unchanged() if teacher else None, teacher=teacher)
+                        teacher_unchanged=teacher.unchanged() if teacher else None, teacher=teacher,
+                        best_epoch=best_epoch, restored_best=restored)

@@ -59,13 +59,21 @@ from shared.telemetry.metric_names import BAKING_VAL_ACCURACY, baking_accuracy
 
 __all__ = [
     "ANSWER_ACCURACY", "FORMAT_ADHERENCE", "ParsedOutput", "TOKEN_ACCURACY", "evaluate", "evaluate_baking",
-    "measure_token_usage", "parse_output", "sample_outputs", "select_items",
+    "SHORT_QUESTIONS", "checklist_passed", "measure_token_usage", "parse_output", "sample_outputs", "select_items",
+    "short_question_outputs",
 ]
 
 FORMAT_ADHERENCE = "baking/format_adherence"
 ANSWER_ACCURACY = "baking/answer_accuracy"
 TOKEN_ACCURACY = "baking/token_accuracy"
 EVAL_ITEMS = "baking/eval_items"
+
+# The checklist's post-Phase-4 test prompt first, then more short sums of the same kind (every operator the
+# reasoning data's short questions use), so "the model answers short questions in the format" is a rate over
+# several prompts and not one greedy output.
+SHORT_QUESTIONS = ("What is 2+2?", "What is 3+5?", "What is 7*6?", "What is 10-4?", "What is 9/3?",
+                   "What is 12+7?", "What is 8*2?", "What is 15-6?", "What is 4+4?", "What is 6*3?",
+                   "What is 20/5?", "What is 1+1?")
 
 _ANSWER_LINE = re.compile(r"(?m)^[ \t]*Answer:[ \t]*([^\n]*)")
 _AFTER_CLOSE = re.compile(r"\s*Answer:[ \t]*([^\n]*)")
@@ -287,3 +295,27 @@ def measure_token_usage(model: Any, tokenizer: Any, prompts: Sequence[str], toke
     ids = [encode_prompt(tokenizer, {"prompt": p}) for p in prompts]
     outs = sample_outputs(model, tokenizer, ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     return sum(parse_output(tokenizer.decode(o, skip_special_tokens=False)).has_wrapper for o in outs) / len(outs)
+
+
+def checklist_passed(text: str) -> bool:
+    """The checklist's end-to-end assertion on one output: `[thinking]` and `[/endthinking]` both in it."""
+    return THINKING_OPEN in text and THINKING_CLOSE in text
+
+
+def short_question_outputs(model: Any, tokenizer: Any, prompts: Sequence[str] = SHORT_QUESTIONS) -> list[str]:
+    """Each prompt's greedy output (`{prompt}\\n` as baking trained, no forced token), given all the room the
+    model's context leaves after it, decoded with the special tokens kept: what the checklist's test reads."""
+    from services.quietstar.core.baking import encode_prompt
+
+    if not prompts:
+        raise InvalidSpecError("no prompts", field="prompts")
+    texts = []
+    for prompt in prompts:    # one at a time: each gets its own room
+        ids = encode_prompt(tokenizer, {"prompt": prompt})
+        room = int(model.config.max_seq_len) - len(ids)
+        if room < 1:
+            raise InvalidSpecError(f"{prompt!r} leaves no room in the model's context of "
+                                   f"{model.config.max_seq_len} tokens", field="prompts")
+        (out,) = sample_outputs(model, tokenizer, [ids], max_new_tokens=room, temperature=0.0)
+        texts.append(tokenizer.decode(out, skip_special_tokens=False))
+    return texts

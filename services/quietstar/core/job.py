@@ -30,6 +30,9 @@ Reported (gate metrics first):
   quietstar/format_adherence, quietstar/answer_accuracy   the final model on held-out items (baking_eval)
   quietstar/thinking_token_usage   share of greedy outputs after held-out prompts holding one
                                    `[thinking] … [/endthinking]` (no forced prefix)
+  quietstar/short_question_format_rate   share of baking_eval.SHORT_QUESTIONS ("What is 2+2?" and more short
+                                   sums) whose greedy output without thoughts passes the checklist's post-Phase-4
+                                   test (bitnet/short_question_format_rate is the same on the compressed model)
   quietstar/coherence              mean score_coherence of the final model's thoughts on val spans
   quietstar/anti_theater_passed (+ _divergence, _ablation, _correlation) of the published model
   quietstar/gsm8k_acc              the final model with hidden thoughts, reasoning format
@@ -37,7 +40,8 @@ Reported (gate metrics first):
   quietstar/gsm8k_acc_baked        the baked model alone;  quietstar/gsm8k_acc_gain_over_baking
   quietstar/gsm8k_acc_no_thoughts  the final model decoded without thoughts
   quietstar/nll_with_thoughts, quietstar/nll_without_thoughts   nats per token on val spans
-  quietstar/baking_format_adherence, quietstar/baking_epochs, quietstar/baking_mitigated, quietstar/baking_converged
+  quietstar/baking_format_adherence, quietstar/baking_epochs, quietstar/baking_mitigated, quietstar/baking_converged,
+  quietstar/baking_best_epoch (the epoch whose weights baking returned: its best format adherence)
   quietstar/rl_steps, quietstar/rl_rollbacks, quietstar/rl_kl_coefficient, quietstar/rl_reward_threshold,
   quietstar/parameter_delta
 Progress series (the run report's): after every baking epoch (step = epoch) baking/loss and every validation
@@ -62,7 +66,10 @@ import torch
 
 from services.quietstar.core.artifact import head_state, save_quietstar, thought_tokens
 from services.quietstar.core.baking import BakingCheckpoint, bake, encode_example, encode_prompt, split_by_field
-from services.quietstar.core.baking_eval import FORMAT_ADHERENCE, evaluate_baking, parse_output, sample_outputs
+from services.quietstar.core.baking_eval import (
+    FORMAT_ADHERENCE, SHORT_QUESTIONS, checklist_passed, evaluate_baking, parse_output, sample_outputs,
+    short_question_outputs,
+)
 from services.quietstar.core.rl import MixingHead, RLCheckpoint, anti_theater_check, measure_theater, train_thoughts
 from services.reasoning_data.core.job import load_reasoning_data
 from shared.data.prepared import load_split, verify_prepared
@@ -165,6 +172,13 @@ def thinking_usage(model, tokenizer, val, limit: int, max_new_tokens: int) -> fl
     return sum(parse_output(tokenizer.decode(o, skip_special_tokens=False)).has_wrapper for o in outs) / len(outs)
 
 
+def short_question_rate(model, tokenizer) -> float:
+    """Share of baking_eval.SHORT_QUESTIONS (the checklist's "What is 2+2?" and more short sums) whose greedy
+    output, without thoughts, passes the checklist's post-Phase-4 test: what Phase 4 has to keep."""
+    texts = short_question_outputs(model, tokenizer, SHORT_QUESTIONS)
+    return sum(map(checklist_passed, texts)) / len(texts)
+
+
 # -- state ----------------------------------------------------------------------------------------------
 
 def model_tensors(model) -> dict[str, torch.Tensor]:
@@ -249,7 +263,10 @@ class QuietStarRunner:
                     load_model_tensors(model, ctx.load_checkpoint_tensors(ckpt, "model"), f"checkpoint {ckpt.ref.uri}")
                     opt = optimizer_state_from_tensors(ctx.load_checkpoint_tensors(ckpt, "optimizer"),
                                                        state["optimizer_meta"])
-                    resume = BakingCheckpoint(state["progress"], opt, ctx.load_checkpoint_tensors(ckpt, "rng")["torch"])
+                    progress = state["progress"]
+                    best = (ctx.load_checkpoint_tensors(ckpt, "best")
+                            if progress.get("best_epoch", progress["epoch"]) != progress["epoch"] else None)
+                    resume = BakingCheckpoint(progress, opt, ctx.load_checkpoint_tensors(ckpt, "rng")["torch"], best)
                     ctx.resumed_from_step = ckpt.step
                 ctx.progress("baking", fraction=0.04)
                 baked = self.bake(ctx, tel, model, tokenizer, train, val, spec, state, resume, pre_baking)
@@ -321,8 +338,10 @@ class QuietStarRunner:
 
         def on_checkpoint(c: BakingCheckpoint):
             tensors, meta = optimizer_state_to_tensors(c.optimizer_state)
+            best = {} if c.best_weights is None else {
+                "best": {k: v.detach().cpu().contiguous() for k, v in c.best_weights.items()}}
             ctx.save_checkpoint(int(c.progress["epoch"]), tensors={
-                "model": model_tensors(model), "optimizer": tensors, "rng": {"torch": c.rng_state}},
+                "model": model_tensors(model), "optimizer": tensors, "rng": {"torch": c.rng_state}, **best},
                 state={"stage": "baking", "phase2": state["phase2"], "tokens": state["tokens"],
                        "progress": c.progress, "optimizer_meta": meta})
 
@@ -341,6 +360,7 @@ class QuietStarRunner:
                     *[h["metrics"].get(k) for k in per_strategy]] for h in result.history])
         return {"final_metrics": result.final_metrics, "initial_metrics": result.initial_metrics,
                 "converged": result.converged, "mitigated": result.mitigated, "epochs_run": result.epochs_run,
+                "best_epoch": result.best_epoch,
                 "train_examples": result.train_examples, "dropped_too_long": result.dropped_too_long,
                 "teacher_unchanged": result.teacher_unchanged}
 
@@ -419,6 +439,7 @@ class QuietStarRunner:
             M + "format_adherence": baking[FORMAT_ADHERENCE],
             M + "answer_accuracy": baking["baking/answer_accuracy"],
             M + "thinking_token_usage": thinking_usage(model, tokenizer, val, spec.eval_examples, spec.max_new_tokens),
+            M + "short_question_format_rate": short_question_rate(model, tokenizer),
             **verdict.metrics(),
             M + "gsm8k_acc": with_thoughts["exact_match"],
             M + "gsm8k_acc_phase2": phase2,
@@ -430,6 +451,7 @@ class QuietStarRunner:
             M + "baked_thinking_token_usage": state["baked_eval"]["thinking_token_usage"],
             M + "baking_format_adherence": state["baking"]["final_metrics"][FORMAT_ADHERENCE],
             M + "baking_epochs": float(state["baking"]["epochs_run"]),
+            M + "baking_best_epoch": float(state["baking"].get("best_epoch", state["baking"]["epochs_run"])),
             M + "baking_mitigated": float(state["baking"]["mitigated"]),
             M + "baking_converged": float(state["baking"]["converged"]),
             M + "rl_steps": float(rl_state["steps"]),
