@@ -5,8 +5,8 @@ import copy
 
 import torch
 
-from services.bitnet.core.job import distillation_loss, example_batches, heldout_nll, train_steps
-from services.quietstar.core.baking import encode_example
+from services.bitnet.core.job import distillation_loss, example_batches, heldout_nll, teacher_rows, train_steps
+from services.quietstar.core.baking import encode_example, encode_prompt
 from shared.model.modeling import IGNORE_INDEX
 from tests.quietstar.test_baking import examples, setup
 
@@ -76,3 +76,30 @@ def test_distillation_moves_the_student_towards_the_teacher_and_ignores_padding(
     train_steps(student, batches, 12, opt, teacher=teacher)
     assert loss_of(b) < 0.5 * kl
     assert all(p.grad is None for p in teacher.parameters())      # the teacher stays frozen
+
+
+def test_teacher_rows_are_the_teachers_own_greedy_continuation_of_each_distinct_prompt():
+    """One row per distinct training prompt (its last SEQ // 2 tokens), the teacher's argmax at every new
+    position, eos after it when the teacher stopped, never longer than SEQ; mixed into the QAT batches."""
+    teacher, tok = setup(seed=0, dropout=0.0)
+    teacher.eval()
+    exs = examples(6, 3, "train")                       # 3 strategies share each prompt
+    rows = teacher_rows(teacher, tok, exs, SEQ)
+    prompts = sorted({tuple(encode_prompt(tok, ex)[-(SEQ // 2):]) for ex in exs})
+    assert len(rows) == len(prompts) == len({ex["prompt"] for ex in exs})
+    with torch.no_grad():
+        for prompt, row in zip(prompts, rows):
+            assert tuple(row[:len(prompt)]) == prompt and len(row) <= SEQ
+            stopped = row[-1] == tok.eos_token_id and len(row) > len(prompt)
+            end = len(row) - 1 if stopped else len(row)
+            for t in range(len(prompt), end):             # each new token is the teacher's argmax
+                assert int(teacher(torch.tensor([row[:t]])).logits[0, -1].argmax()) == row[t]
+            if stopped:
+                assert int(teacher(torch.tensor([row[:-1]])).logits[0, -1].argmax()) == tok.eos_token_id
+            else:                                         # ran out of room: exactly SEQ // 2 new tokens
+                assert len(row) - len(prompt) == SEQ - SEQ // 2
+    mixed = example_batches(tok, exs, SEQ, batch_size=4, seed=1, extra_rows=rows)
+    got = sorted(b["input_ids"][i, :int((b["labels"][i] != IGNORE_INDEX).sum())].tolist()
+                 for b in mixed for i in range(len(b["input_ids"])))
+    assert got == sorted([encode_example(tok, ex, SEQ).input_ids for ex in exs] + rows)
+    assert teacher_rows(teacher, tok, [], SEQ) == []

@@ -7,6 +7,8 @@ the benchmark suite).
 Data (deterministic): the reasoning data in the baking format (`{prompt}\n{reasoning}\nAnswer: …<eos>`), one
 example per row from position 0, right-padded (example_batches; padding never a target): the val examples'
 first 4·EVAL_BATCHES (in order, batches of 4) are the likelihood metric's held-out text; the train examples
+together with the Phase-3 model's own greedy continuation of each distinct training prompt (teacher_rows:
+what greedy decoding of that model writes, so distillation covers the path the student will decode along)
 (shuffled with the profile's seed, batches of 8) are the QAT set, cycled for the λ warm-up, and its first
 ⌈calibration_samples / 8⌉ batches the calibration and recovery set. Why this text and not the general
 validation split: it is what the Phase-3 model was made for, and on general text a small baked model may
@@ -52,8 +54,9 @@ Reported (gate metrics first):
   bitnet/reverted_blocks, bitnet/recovery_ran, bitnet/conservative,
   bitnet/reload_logits_max_abs_diff (0 when the reloaded model equals the in-memory one),
   bitnet/thinking_tokens_present ("What is 2+2?" answered with [thinking] … [/endthinking], the checklist's
-  post-Phase-4 test), bitnet/gsm8k_acc, bitnet/arc_acc, bitnet/piqa_acc (the benchmark suite; speed lives
-  in bench/)
+  post-Phase-4 test), bitnet/short_question_format_rate (the share of baking_eval.SHORT_QUESTIONS, 2+2 and
+  eleven more short sums, whose greedy output passes that same test), bitnet/gsm8k_acc, bitnet/arc_acc,
+  bitnet/piqa_acc (the benchmark suite; speed lives in bench/)
 Progress series (the run report's): after calibration bitnet/weight_error/<layer> (each BitLinear's relative
 ternarization error); after each block's stage (step = block index + 1) bitnet/block, /block_nll (λ = 1),
 /block_nll_fp (the same weights at λ = 0), /block_nll_cost (their difference, nats), /block_cost (that as a
@@ -101,8 +104,9 @@ M = "bitnet/"
 
 # -- data and the likelihood metric -------------------------------------------------------------------------
 
-def load_data(ctx, work: Path, tokenizer, seq_len: int, spec):
-    """(held-out batches, QAT batches, recovery batches, benchmark test splits); see the module docstring."""
+def load_data(ctx, work: Path, tokenizer, seq_len: int, spec, teacher=None):
+    """(held-out batches, QAT batches, recovery batches, benchmark test splits); see the module docstring.
+    With `teacher` (the Phase-3 model) the QAT set also holds its own greedy continuations (teacher_rows)."""
     from services.quietstar.core.baking import split_by_field
     from services.reasoning_data.core.job import load_reasoning_data
 
@@ -114,22 +118,51 @@ def load_data(ctx, work: Path, tokenizer, seq_len: int, spec):
     evaluation = example_batches(tokenizer, val, seq_len, batch_size=4, seed=None)[:EVAL_BATCHES]
     if not evaluation:
         raise FailedPreconditionError(f"no held-out reasoning example fits max_seq_len {seq_len}")
+    extra = teacher_rows(teacher, tokenizer, train, seq_len) if teacher is not None else []
     n_recovery = max(1, math.ceil(spec.calibration_samples / TRAIN_BATCH))
-    training = load_calibration_data(train, tokenizer, max(n_recovery, min(spec.lambda_warmup_steps, 256)) * TRAIN_BATCH,
-                                     seq_len=seq_len, seed=spec.seed)
+    samples = max(n_recovery, min(spec.lambda_warmup_steps, 256)) * TRAIN_BATCH
+    training = load_calibration_data(train, tokenizer, samples, seq_len=seq_len, seed=spec.seed, extra_rows=extra)
     return evaluation, training, training[:n_recovery], test
 
 
-def example_batches(tokenizer, examples, seq_len: int, *, batch_size: int, seed: int | None) -> list[dict]:
+def teacher_rows(teacher, tokenizer, examples, seq_len: int) -> list[list[int]]:
+    """The Phase-3 model's own greedy continuation of each distinct training prompt (`{prompt}\\n`, its last
+    seq_len // 2 tokens), as a row from position 0: prompt + continuation (+ eos when it stopped), in prompt
+    order. Distillation on the data's text alone teaches the student the teacher's next-token distributions
+    on text the teacher does not write; its own continuations are the path greedy decoding follows, so on them
+    the student learns to leave the prompt the way the teacher does (sequence-level distillation, Kim & Rush
+    2016)."""
+    from services.quietstar.core.baking import encode_prompt
+    from services.quietstar.core.baking_eval import sample_outputs
+
+    eos = tokenizer.eos_token_id
+    prompts = sorted({tuple(encode_prompt(tokenizer, ex)[-(seq_len // 2):]) for ex in examples})
+    if not prompts:
+        return []
+    room = seq_len - seq_len // 2
+    outs = sample_outputs(teacher, tokenizer, prompts, max_new_tokens=room, temperature=0.0, batch_size=32)
+    rows = []
+    for prompt, out in zip(prompts, outs):
+        row = [*prompt, *out]
+        if eos is not None and len(out) < room:
+            row.append(int(eos))         # it stopped: eos was its next token
+        rows.append(row)
+    return rows
+
+
+def example_batches(tokenizer, examples, seq_len: int, *, batch_size: int, seed: int | None,
+                    extra_rows=()) -> list[dict]:
     """Reasoning-data examples in the baking format, each alone from position 0 as the model meets a prompt
     (baking.encode_example: the prompt cut from the left to fit `seq_len`, an example that cannot fit
-    dropped), shuffled with `seed` (None: in order), in batches right-padded to their longest row:
-    {"input_ids", "labels"} with IGNORE_INDEX on the padding. Not packed: measured on tiny, the Phase-3
-    model's NLL on rows packed from several examples was 7.8 nats (uniform: 8.3), text it never saw, so
-    training or measuring on them says little about the model's own format."""
+    dropped), then `extra_rows` (token ids, e.g. teacher_rows), shuffled together with `seed` (None: in
+    order), in batches right-padded to their longest row: {"input_ids", "labels"} with IGNORE_INDEX on the
+    padding. Not packed: measured on tiny, the Phase-3 model's NLL on rows packed from several examples was
+    7.8 nats (uniform: 8.3), text it never saw, so training or measuring on them says little about the
+    model's own format."""
     from services.quietstar.core.baking import encode_example
 
     rows = [e.input_ids for e in (encode_example(tokenizer, ex, seq_len) for ex in examples) if e is not None]
+    rows += [list(r) for r in extra_rows if r]
     if seed is not None:
         random.Random(seed).shuffle(rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -146,11 +179,12 @@ def example_batches(tokenizer, examples, seq_len: int, *, batch_size: int, seed:
     return batches
 
 
-def load_calibration_data(examples, tokenizer, samples: int, *, seq_len: int, seed: int) -> list[dict]:
-    """The checklist's load_calibration_data: up to `samples` reasoning-data examples in the baking format,
-    shuffled with `seed` (example_batches), in batches of TRAIN_BATCH (at least one batch; fewer when the
-    examples run out)."""
-    batches = example_batches(tokenizer, examples, seq_len, batch_size=TRAIN_BATCH, seed=seed)
+def load_calibration_data(examples, tokenizer, samples: int, *, seq_len: int, seed: int,
+                          extra_rows=()) -> list[dict]:
+    """The checklist's load_calibration_data: up to `samples` reasoning-data examples in the baking format
+    (and `extra_rows`), shuffled with `seed` (example_batches), in batches of TRAIN_BATCH (at least one
+    batch; fewer when the examples run out)."""
+    batches = example_batches(tokenizer, examples, seq_len, batch_size=TRAIN_BATCH, seed=seed, extra_rows=extra_rows)
     if not batches:
         raise FailedPreconditionError(f"no reasoning example fits max_seq_len {seq_len}")
     n = max(1, min(samples, sum(len(b["input_ids"]) for b in batches)) // TRAIN_BATCH)
@@ -387,7 +421,8 @@ class BitNetRunner:
             size = get_model_size(original)
             category = size["size_category"] if spec.size_category == "auto" else spec.size_category
             print(f"Input: {size['params']:,} params ({size['size_mb']:.1f} MB)\nCategory: {category}")
-            evaluation_batches, training, recovery, test = load_data(ctx, work, tokenizer, seq_len, spec)
+            evaluation_batches, training, recovery, test = load_data(ctx, work, tokenizer, seq_len, spec,
+                                                                       teacher=original)
             nll_fp = heldout_nll(original, evaluation_batches)
             gain_fp = gain(nll_fp, vocab)
             ctx.progress("compressing", fraction=0.05, metrics={M + "nll_fp": nll_fp})
@@ -631,19 +666,16 @@ class BitNetRunner:
         return metrics
 
     def benchmarks(self, model, tokenizer, test, ev) -> dict[str, float]:
-        from services.quietstar.core.baking_eval import sample_outputs
-        from services.quietstar.core.baking import encode_prompt
+        from services.quietstar.core.baking_eval import SHORT_QUESTIONS, checklist_passed, short_question_outputs
         from services.quietstar.core.job import gsm8k_plain
         from shared.evaluation import evaluate_arc, evaluate_piqa
         from shared.evaluation.subset import first_n
 
         out = {}
-        prompt = encode_prompt(tokenizer, {"prompt": "What is 2+2?"})
-        room = int(model.config.max_seq_len) - len(prompt)      # all the room the context leaves
-        (text_ids,) = sample_outputs(model, tokenizer, [prompt], max_new_tokens=room, temperature=0.0)
-        text = tokenizer.decode(text_ids, skip_special_tokens=False)
-        print(f"Input: What is 2+2?\nOutput: {text}")
-        out[M + "thinking_tokens_present"] = float("[thinking]" in text and "[/endthinking]" in text)
+        texts = short_question_outputs(model, tokenizer, SHORT_QUESTIONS)   # the checklist's "What is 2+2?" first
+        print(f"Input: {SHORT_QUESTIONS[0]}\nOutput: {texts[0]}")
+        out[M + "thinking_tokens_present"] = float(checklist_passed(texts[0]))
+        out[M + "short_question_format_rate"] = sum(map(checklist_passed, texts)) / len(texts)
         if test.get("GSM8K"):
             gsm = first_n(test["GSM8K"], ev["gsm8k_limit"] or None)
             # the reasoning format needs room for the wrapper: half the context (at least the profile's budget)
