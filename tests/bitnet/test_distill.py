@@ -84,7 +84,7 @@ def test_teacher_rows_are_the_teachers_own_greedy_continuation_of_each_distinct_
     teacher, tok = setup(seed=0, dropout=0.0)
     teacher.eval()
     exs = examples(6, 3, "train")                       # 3 strategies share each prompt
-    rows = teacher_rows(teacher, tok, exs, SEQ)
+    rows = teacher_rows(teacher, tok, exs, SEQ, in_format_only=False)
     prompts = sorted({tuple(encode_prompt(tok, ex)[-(SEQ // 2):]) for ex in exs})
     assert len(rows) == len(prompts) == len({ex["prompt"] for ex in exs})
     with torch.no_grad():
@@ -103,3 +103,20 @@ def test_teacher_rows_are_the_teachers_own_greedy_continuation_of_each_distinct_
                  for b in mixed for i in range(len(b["input_ids"])))
     assert got == sorted([encode_example(tok, ex, SEQ).input_ids for ex in exs] + rows)
     assert teacher_rows(teacher, tok, [], SEQ) == []
+    assert teacher_rows(teacher, tok, exs, SEQ) == []        # an untrained teacher never writes the format
+
+
+def test_teacher_rows_keep_only_continuations_in_the_format(monkeypatch):
+    """By default a continuation is distilled only when it holds one [thinking] … [/endthinking]."""
+    import services.quietstar.core.baking_eval as baking_eval
+
+    teacher, tok = setup(seed=0, dropout=0.0)
+    exs = examples(3, 4, "train")
+    prompts = sorted({tuple(encode_prompt(tok, ex)[-(SEQ // 2):]) for ex in exs})
+    good = tok.encode("[thinking] <step> 1 + 1 = 2 [/endthinking]\nAnswer: 2", add_special_tokens=False)
+    bad = tok.encode("[thinking] <step> 1 + 1 = 2", add_special_tokens=False)
+    scripted = [good if i % 2 == 0 else bad for i in range(len(prompts))]
+    monkeypatch.setattr(baking_eval, "sample_outputs", lambda *a, **k: [list(o) for o in scripted])
+    rows = teacher_rows(teacher, tok, exs, SEQ)
+    assert rows == [[*p, *good, tok.eos_token_id] for i, p in enumerate(prompts) if i % 2 == 0]
+    assert len(teacher_rows(teacher, tok, exs, SEQ, in_format_only=False)) == len(prompts)

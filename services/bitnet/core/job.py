@@ -7,8 +7,9 @@ the benchmark suite).
 Data (deterministic): the reasoning data in the baking format (`{prompt}\n{reasoning}\nAnswer: …<eos>`), one
 example per row from position 0, right-padded (example_batches; padding never a target): the val examples'
 first 4·EVAL_BATCHES (in order, batches of 4) are the likelihood metric's held-out text; the train examples
-together with the Phase-3 model's own greedy continuation of each distinct training prompt (teacher_rows:
-what greedy decoding of that model writes, so distillation covers the path the student will decode along)
+together with the Phase-3 model's own greedy continuation of each distinct training prompt that holds its
+format (teacher_rows: what greedy decoding of that model writes, so distillation covers the path the student
+will decode along)
 (shuffled with the profile's seed, batches of 8) are the QAT set, cycled for the λ warm-up, and its first
 ⌈calibration_samples / 8⌉ batches the calibration and recovery set. Why this text and not the general
 validation split: it is what the Phase-3 model was made for, and on general text a small baked model may
@@ -125,15 +126,18 @@ def load_data(ctx, work: Path, tokenizer, seq_len: int, spec, teacher=None):
     return evaluation, training, training[:n_recovery], test
 
 
-def teacher_rows(teacher, tokenizer, examples, seq_len: int) -> list[list[int]]:
+def teacher_rows(teacher, tokenizer, examples, seq_len: int, *, in_format_only: bool = True) -> list[list[int]]:
     """The Phase-3 model's own greedy continuation of each distinct training prompt (`{prompt}\\n`, its last
     seq_len // 2 tokens), as a row from position 0: prompt + continuation (+ eos when it stopped), in prompt
     order. Distillation on the data's text alone teaches the student the teacher's next-token distributions
     on text the teacher does not write; its own continuations are the path greedy decoding follows, so on them
     the student learns to leave the prompt the way the teacher does (sequence-level distillation, Kim & Rush
-    2016)."""
+    2016). in_format_only: only continuations holding one `[thinking] … [/endthinking]` (parse_output's
+    has_wrapper) — the path worth keeping; a teacher that never learned the format gives none (measured on
+    the ci fixture, an untrained champion baked for a few epochs: distilling its other continuations made a
+    block cost more than max_layer_drop, reverted, and the run failed its ternary gate)."""
     from services.quietstar.core.baking import encode_prompt
-    from services.quietstar.core.baking_eval import sample_outputs
+    from services.quietstar.core.baking_eval import parse_output, sample_outputs
 
     eos = tokenizer.eos_token_id
     prompts = sorted({tuple(encode_prompt(tokenizer, ex)[-(seq_len // 2):]) for ex in examples})
@@ -143,6 +147,8 @@ def teacher_rows(teacher, tokenizer, examples, seq_len: int) -> list[list[int]]:
     outs = sample_outputs(teacher, tokenizer, prompts, max_new_tokens=room, temperature=0.0, batch_size=32)
     rows = []
     for prompt, out in zip(prompts, outs):
+        if in_format_only and not parse_output(tokenizer.decode(out, skip_special_tokens=False)).has_wrapper:
+            continue
         row = [*prompt, *out]
         if eos is not None and len(out) < room:
             row.append(int(eos))         # it stopped: eos was its next token
