@@ -147,6 +147,92 @@ def test_accumulated_micro_batches_give_the_full_batch_gradient(tmp_path):
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
 
 
+class _GradProbe:
+    """An optimizer stand-in that records the gradients it is asked to step with (and how often)."""
+
+    def __init__(self, model):
+        self.model, self.grads, self.steps = model, {}, 0
+
+    def step(self):
+        self.steps += 1
+        self.grads = {n: p.grad.clone() for n, p in self.model.named_parameters() if p.grad is not None}
+
+    def zero_grad(self, set_to_none=True):
+        self.model.zero_grad(set_to_none=True)
+
+
+def _masked_batch(tok, targets_per_row: list[int]):
+    """Rows of 16 tokens whose labels keep only the last k tokens of row i (k = targets_per_row[i])."""
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, len(tok), (len(targets_per_row), 16), generator=g)
+    labels = torch.full_like(ids, -100)
+    for i, k in enumerate(targets_per_row):
+        if k:
+            labels[i, -k:] = ids[i, -k:]
+    return [{"input_ids": ids[i], "labels": labels[i]} for i in range(len(targets_per_row))]
+
+
+@pytest.mark.parametrize("split", [[2, 2], [1, 3], [1, 1, 1, 1]])
+def test_any_split_of_a_masked_batch_gives_the_full_batch_loss_and_gradient(split):
+    """Losses are per target token of the effective batch: micro-batches with different target counts (and
+    one with none) add up to the whole batch's loss and gradient, as out-of-memory recovery promises."""
+    records, tok = corpus()
+    drawn = _masked_batch(tok, [0, 3, 16, 9])
+    losses, grads = [], []
+    for sizes in ([4], split):
+        groups, at = [], 0
+        for n in sizes:
+            groups.append(drawn[at:at + n])
+            at += n
+        model = model_for(tok, dropout=0.0)
+        model.train()
+        probe = _GradProbe(model)
+        torch.manual_seed(0)
+        losses.append(Trainer(model, probe, records, tok, seq_len=16, batch_size=4, n_sup=2,
+                              checkpoint_every=0)._train_step(groups))
+        grads.append(probe.grads)
+    assert losses[0] > 0 and losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
+
+
+def test_a_batch_of_prompt_tokens_only_has_no_loss_and_changes_nothing():
+    records, tok = corpus()
+    model = model_for(tok, dropout=0.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    probe = _GradProbe(model)
+    trainer = Trainer(model, probe, records, tok, seq_len=16, batch_size=2, n_sup=2, checkpoint_every=0)
+    assert trainer._train_step([_masked_batch(tok, [0, 0])]) is None     # not a loss of 0
+    assert probe.steps == 0
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_a_prompt_only_step_is_left_out_of_the_loss_curve(monkeypatch):
+    records, tok = corpus()
+    real = Trainer._train_step
+    count = [0]
+
+    def second_is_prompt_only(self, micro):
+        count[0] += 1
+        if count[0] == 2:
+            micro = [[{"input_ids": d["input_ids"], "labels": torch.full_like(d["labels"], -100)} for d in g]
+                     for g in micro]
+        return real(self, micro)
+
+    monkeypatch.setattr(Trainer, "_train_step", second_is_prompt_only)
+    model = model_for(tok)
+    seen = []
+    trainer = Trainer(model, MuonGrokfast.phase1(model.named_parameters()), records, tok, seq_len=32,
+                      batch_size=2, n_sup=1, checkpoint_every=0, on_step=seen.append)
+    seg = Segment(name="warmup", seed=1, weights={"math": 1.0}, first_step=0, last_step=4, steps_per_epoch=4,
+                  total_epochs=1)
+    result = trainer.run(seg)
+    assert [info.step for info in seen] == [0, 1, 2, 3]                  # every step is still reported
+    assert [info.loss is None for info in seen] == [False, True, False, False]
+    assert result.losses == [info.loss for info in seen if info.loss is not None] and len(result.losses) == 3
+
+
 def _nan_at(monkeypatch, calls: set[int]):
     """Make the listed _train_step calls (0-based, counted over the whole test) report a NaN loss."""
     real = Trainer._train_step

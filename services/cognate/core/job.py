@@ -111,12 +111,14 @@ class CognateRunner:
             def on_step(info):
                 done[0] += 1
                 name, loss = info.segment.name, info.loss
-                tel.log({f"{name}/{names.TRAIN_LOSS}": loss,
-                         f"{name}/{names.TRAIN_PERPLEXITY}": math.exp(min(loss, 30)),
-                         f"{name}/train/tokens_per_s": info.tokens_per_s,
-                         f"{name}/train/memory_mb": info.memory_mb}, step=done[0])
+                logged = {f"{name}/train/tokens_per_s": info.tokens_per_s, f"{name}/train/memory_mb": info.memory_mb}
+                if loss is not None:      # None: a batch of prompt tokens only, which has no loss
+                    logged.update({f"{name}/{names.TRAIN_LOSS}": loss,
+                                   f"{name}/{names.TRAIN_PERPLEXITY}": math.exp(min(loss, 30))})
+                tel.log(logged, step=done[0])
                 step = info.step + 1      # the model's own schedule step (1-based): it continues across a resume
-                series = {f"cognate/{name}/train_loss": loss} if step % every == 0 or info.epoch_end else {}
+                series = ({f"cognate/{name}/train_loss": loss}
+                          if loss is not None and (step % every == 0 or info.epoch_end) else {})
                 if info.epoch_end:
                     val = epoch_validation(info.model, val_batches)
                     tel.log({f"{name}/{k}": v for k, v in val.items()}, step=done[0])

@@ -52,7 +52,7 @@ class StepInfo:
 
     segment: Segment
     step: int
-    loss: float
+    loss: float | None             # None: the batch held only prompt tokens (no loss, no update)
     tokens_per_s: float
     memory_mb: float
     epoch_end: bool
@@ -73,27 +73,33 @@ class SegmentResult:
     resumed_from: int = 0
 
 
-def criterion(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def criterion(logits: torch.Tensor, targets: torch.Tensor, denominator: int | None = None) -> torch.Tensor:
     """The checklist's criterion: next-token cross-entropy over (B, L, V) logits and already-shifted targets,
-    -100 ignored; sum / count, so a packed batch holding only prompt tokens gives 0, not NaN."""
-    valid = targets != IGNORE_INDEX
+    -100 ignored, summed and divided by `denominator` — by default this batch's target count (at least 1, so
+    a batch holding only prompt tokens gives 0, not NaN). A micro-batch of an accumulated batch passes the
+    whole batch's target count, so the micro-batches' losses add up to the whole batch's."""
     total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                             ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / valid.sum().clamp(min=1)
+    if denominator is None:
+        denominator = int((targets != IGNORE_INDEX).sum())
+    return total / max(1, denominator)
 
 
-def supervision_losses(model, ids: torch.Tensor, targets: torch.Tensor, y, z):
+def supervision_losses(model, ids: torch.Tensor, targets: torch.Tensor, y, z, denominator: int | None = None):
     """One supervision step from (y, z) (None: the model's initial state): (lm_loss, halt_loss, y, z).
-    `targets` are already the next tokens (Phase1Dataset's labels), -100 where nothing is learned."""
+    `targets` are already the next tokens (Phase1Dataset's labels), -100 where nothing is learned; both
+    losses are per target token (see `criterion` for `denominator`)."""
     x = model.embed(ids)
     if y is None:
         y, z = model.initial_state(x)
     y, z = model.supervision_step(x, y.detach(), z.detach())
     logits, halt_logits = model.heads(y)
     valid = targets != IGNORE_INDEX
+    if denominator is None:
+        denominator = int(valid.sum())
     correct = (logits.argmax(-1) == targets).float().detach()
     per = F.binary_cross_entropy_with_logits(halt_logits.float(), correct, reduction="none")
-    return criterion(logits, targets), (per * valid).sum() / valid.sum().clamp(min=1), y, z
+    return criterion(logits, targets, denominator), (per * valid).sum() / max(1, denominator), y, z
 
 
 class Trainer:
@@ -147,27 +153,35 @@ class Trainer:
         self.ctx.resumed_from_step = step
         return step + 1, ckpt.state["data"], list(ckpt.state["losses"])
 
-    def _train_step(self, micro: list[list[dict]]) -> float:
+    def _train_step(self, micro: list[list[dict]]) -> float | None:
         """Deep supervision over an effective batch split into micro-batches: for each supervision step, the
         gradients of every micro-batch are accumulated (each carrying its own detached y, z), then one
-        MuonGrokfast step. Returns the last supervision step's mean LM loss."""
+        MuonGrokfast step. Losses are per target token of the whole effective batch, so any split into
+        micro-batches (out-of-memory recovery) gives the same loss and gradient. Returns the last supervision
+        step's LM loss; None, with no update, when the batch has no target token (only prompt tokens)."""
+        counts = [sum(int((d["labels"] != IGNORE_INDEX).sum()) for d in group) for group in micro]
+        n_targets = sum(counts)
+        if n_targets == 0:
+            return None
         states: list = [(None, None)] * len(micro)
         last = 0.0
         for _ in range(self.n_sup):
             total = 0.0
             for i, group in enumerate(micro):
+                if counts[i] == 0:
+                    continue                   # nothing to learn here: no loss, no gradient
                 ids = torch.stack([d["input_ids"] for d in group]).to(self.device)
                 targets = torch.stack([d["labels"] for d in group]).to(self.device)
-                lm, halt, y, z = supervision_losses(self.model, ids, targets, *states[i])
-                ((lm + halt) / len(micro)).backward()
+                lm, halt, y, z = supervision_losses(self.model, ids, targets, *states[i], denominator=n_targets)
+                (lm + halt).backward()
                 states[i] = (y.detach(), z.detach())
-                total += lm.item() / len(micro)
+                total += lm.item()
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             last = total
         return last
 
-    def _step_with_oom_recovery(self, step: int, drawn: list[dict]) -> float:
+    def _step_with_oom_recovery(self, step: int, drawn: list[dict]) -> float | None:
         """On out-of-memory: halve the micro-batch, double the accumulation (same effective batch, same data),
         record it, retry; a micro-batch of 1 that does not fit is a clear error."""
         while True:
@@ -245,13 +259,16 @@ class Trainer:
                 lm_total = self._step_with_oom_recovery(step, drawn)
                 seconds = time.perf_counter() - t0
                 tokens = sum(d["input_ids"].numel() for d in drawn)
-                result.losses.append(lm_total)
                 result.tokens += tokens
-                detect_training_issues(result.losses)
+                if lm_total is None:
+                    log.info("%s step %d: the batch holds only prompt tokens; no loss, no update", seg.name, step)
+                else:
+                    result.losses.append(lm_total)
+                    detect_training_issues(result.losses)
                 if self.on_step is not None:
                     self.on_step(StepInfo(seg, step, lm_total, tokens / max(seconds, 1e-9),
                                           peak_memory_mb(self.device), step + 1 == epoch_end, self.model))
-                if step % self.log_every == 0:
+                if step % self.log_every == 0 and lm_total is not None:
                     log.info("%s step %d: loss %.3f, ppl %.1f", seg.name, step, lm_total, math.exp(min(lm_total, 30)))
                 if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0:
                     self.checkpoint(seg, step, dataset.state_dict(), result.losses)
