@@ -19,6 +19,10 @@ under a model sure of the gold.
 `gold_nll` (nats per token of the gold continuations) is reported too: it moves smoothly while accuracy is
 still at chance, which is what the gates' "drop" tests need (DESIGN §7).
 
+A record with a choice longer than the context (`max_length`, else the model's) cannot be scored fairly —
+cutting that choice would compare it with the others on fewer tokens — so it is left out and counted in
+`skipped`; `n` counts the records scored. When none fits, the benchmark is not measured (an error).
+
 Templates follow lm-eval's prompts and assume the adapters keep `Record.prompt` bare (the question, goal
 or context, without choices listed in it).
 """
@@ -30,7 +34,7 @@ from typing import Callable, Iterable, Literal, Sequence
 
 from shared.data.records import Record
 from shared.errors import InvalidSpecError
-from shared.evaluation.lm import LanguageModel, Tokenizer, loglikelihoods
+from shared.evaluation.lm import LanguageModel, Tokenizer, context_limit, encode_pair, loglikelihoods
 from shared.evaluation.subset import first_n
 
 log = logging.getLogger(__name__)
@@ -132,7 +136,8 @@ def evaluate_multiple_choice(model: LanguageModel, tokenizer: Tokenizer, records
                              template: Template | None = None, normalize: Normalize = "chars",
                              limit: int | None = None, batch_size: int = 8,
                              max_length: int | None = None) -> dict[str, float]:
-    """accuracy, accuracy_norm, gold_nll, chance (mean 1/#choices) and n over `records`.
+    """accuracy, accuracy_norm, gold_nll, chance (mean 1/#choices) and n over `records`, and `skipped`:
+    the records left out because a choice is longer than the context (module docstring).
 
     `template` None uses each record's dataset template from TEMPLATES; `limit` takes the first N records
     in natural id order.
@@ -144,8 +149,10 @@ def evaluate_multiple_choice(model: LanguageModel, tokenizer: Tokenizer, records
     if not chosen:
         raise InvalidSpecError("no records to evaluate: an unmeasured metric must not pass a gate",
                                field="records")
+    room = context_limit(model, max_length)
     items = []  # (continuations, gold, index of the first request)
     requests: list[tuple[str, str]] = []
+    skipped: list[str] = []
     for record in chosen:
         fmt = template or TEMPLATES.get(record.dataset)
         if fmt is None:
@@ -154,8 +161,17 @@ def evaluate_multiple_choice(model: LanguageModel, tokenizer: Tokenizer, records
         context, continuations, gold = fmt(record)
         if len(continuations) < 2:
             raise InvalidSpecError(f"{record.id}: needs at least two choices", field="choices")
+        if room is not None and any(len(encode_pair(tokenizer, context, c)[1]) > room for c in continuations):
+            skipped.append(record.id)
+            continue
         items.append((continuations, gold, len(requests)))
         requests.extend((context, c) for c in continuations)
+    if skipped:
+        log.warning("%d of %d records left out: a choice is longer than the context of %d tokens (first: %s)",
+                    len(skipped), len(chosen), room, ", ".join(skipped[:3]))
+    if not items:
+        raise InvalidSpecError(f"every one of the {len(chosen)} records has a choice longer than the context of "
+                               f"{room} tokens: nothing to score (give a longer max_length)", field="max_length")
 
     scored = loglikelihoods(model, tokenizer, requests, max_length=max_length, batch_size=batch_size)
     acc = acc_norm = chance = gold_logprob = 0.0
@@ -170,7 +186,7 @@ def evaluate_multiple_choice(model: LanguageModel, tokenizer: Tokenizer, records
         gold_tokens += results[gold].tokens
     n = len(items)
     return {"accuracy": acc / n, "accuracy_norm": acc_norm / n, "gold_nll": -gold_logprob / gold_tokens,
-            "chance": chance / n, "n": n}
+            "chance": chance / n, "n": n, "skipped": len(skipped)}
 
 
 def _evaluate_dataset(name: str, datasets: tuple[str, ...], template: Template, model: LanguageModel,
@@ -181,8 +197,8 @@ def _evaluate_dataset(name: str, datasets: tuple[str, ...], template: Template, 
         raise InvalidSpecError(f"{name} scores {', '.join(datasets)} records, got {', '.join(foreign)}",
                                field="records")
     result = evaluate_multiple_choice(model, tokenizer, records, template=template, **kwargs)
-    log.info("%s: accuracy %.4f, accuracy_norm %.4f, chance %.4f (n=%d)", name, result["accuracy"],
-             result["accuracy_norm"], result["chance"], result["n"])
+    log.info("%s: accuracy %.4f, accuracy_norm %.4f, chance %.4f (n=%d, %d left out as too long)", name,
+             result["accuracy"], result["accuracy_norm"], result["chance"], result["n"], result["skipped"])
     return result
 
 

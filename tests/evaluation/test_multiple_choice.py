@@ -1,5 +1,6 @@
 """Multiple choice: an oracle scores 100%, a wrong-answer model 0, a constant model exactly chance."""
 
+import dataclasses
 import math
 import random
 
@@ -159,3 +160,29 @@ def test_above_chance_is_the_closed_share_of_the_gap_floored_at_zero():
     assert above_chance(0.625, 0.25) == pytest.approx(0.5)
     with pytest.raises(InvalidSpecError, match="chance"):
         above_chance(0.5, 1.0)
+
+
+def _with_long_choice(record: Record, length: int) -> Record:
+    """The record with its first wrong choice padded to `length` characters (one token each here)."""
+    choices = list(record.choices)
+    wrong = 1 if record.label == 0 else 0
+    choices[wrong] = (choices[wrong] * length)[:length]
+    return dataclasses.replace(record, choices=tuple(choices))
+
+
+def test_a_record_with_a_choice_longer_than_the_context_is_left_out_and_counted():
+    records = mc_records("PIQA", n=6, n_choices=2, category="commonsense")
+    fits = evaluate_piqa(oracle(records), TOK, records, max_length=20)
+    assert fits["skipped"] == 0 and fits["n"] == 6
+    mixed = records[:4] + [_with_long_choice(r, 25) for r in records[4:]]
+    model = oracle(mixed)
+    result = evaluate_piqa(model, TOK, mixed, max_length=20)
+    alone = evaluate_piqa(model, TOK, mixed[:4], max_length=20)
+    assert result["skipped"] == 2 and result["n"] == 4
+    assert {k: v for k, v in result.items() if k != "skipped"} == {k: v for k, v in alone.items() if k != "skipped"}
+
+
+def test_when_no_record_fits_the_benchmark_is_not_measured():
+    records = [_with_long_choice(r, 25) for r in mc_records("PIQA", n=3, n_choices=2, category="commonsense")]
+    with pytest.raises(InvalidSpecError, match="every one of the 3 records.*max_length"):
+        evaluate_piqa(oracle(records), TOK, records, max_length=20)
