@@ -135,28 +135,33 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str,
 
 def loglikelihoods(model: LanguageModel, tokenizer: Tokenizer, requests: Sequence[tuple[str, str]], *,
                    max_length: int | None = None, batch_size: int = 8,
-                   eos_token_id: int | None = None) -> list[LogLikelihood]:
-    """Score each (context, continuation): the continuation's log-probability given the context."""
+                   eos_token_id: int | None = None, skip_too_long: bool = False) -> list[LogLikelihood | None]:
+    """Score each (context, continuation): the continuation's log-probability given the context.
+
+    A continuation longer than the context limit is an error, or with `skip_too_long` is not scored: None
+    in its place."""
     if batch_size < 1:
         raise InvalidSpecError(f"must be >= 1, got {batch_size}", field="batch_size")
     limit = context_limit(model, max_length)
-    items: list[tuple[list[int], int]] = []  # (input ids, number of continuation tokens)
-    for context, continuation in requests:
+    items: dict[int, tuple[list[int], int]] = {}  # request index -> (input ids, number of continuation tokens)
+    for index, (context, continuation) in enumerate(requests):
         context_ids, continuation_ids = encode_pair(tokenizer, context, continuation, eos_token_id)
         if not continuation_ids:
             raise InvalidSpecError(f"the continuation {continuation!r} has no tokens to score",
                                    field="continuation")
         if limit is not None and len(continuation_ids) > limit:
+            if skip_too_long:
+                continue
             raise InvalidSpecError(f"the continuation has {len(continuation_ids)} tokens, more than "
                                    f"max_length={limit}", field="max_length")
         whole = context_ids + continuation_ids
         if limit is not None:
             whole = whole[-(limit + 1):]
-        items.append((whole, len(continuation_ids)))
+        items[index] = (whole, len(continuation_ids))
 
     # Longest first, so a batch pads little; results go back to request order.
-    order = sorted(range(len(items)), key=lambda i: -len(items[i][0]))
-    results: list[LogLikelihood | None] = [None] * len(items)
+    order = sorted(items, key=lambda i: -len(items[i][0]))
+    results: list[LogLikelihood | None] = [None] * len(requests)
     device = device_of(model)
     with evaluating(model):
         for start in range(0, len(order), batch_size):
@@ -176,7 +181,7 @@ def loglikelihoods(model: LanguageModel, tokenizer: Tokenizer, requests: Sequenc
                 picked = logprobs.gather(-1, target[:, None]).squeeze(-1)
                 greedy = bool((logprobs.argmax(-1) == target).all())
                 results[i] = LogLikelihood(float(picked.double().sum()), n, greedy)
-    return results  # type: ignore[return-value]
+    return results
 
 
 def loglikelihood(model: LanguageModel, tokenizer: Tokenizer, context: str, continuation: str, *,

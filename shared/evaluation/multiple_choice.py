@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Literal, Sequence
 
 from shared.data.records import Record
 from shared.errors import InvalidSpecError
-from shared.evaluation.lm import LanguageModel, Tokenizer, context_limit, encode_pair, loglikelihoods
+from shared.evaluation.lm import LanguageModel, Tokenizer, context_limit, loglikelihoods
 from shared.evaluation.subset import first_n
 
 log = logging.getLogger(__name__)
@@ -149,10 +149,8 @@ def evaluate_multiple_choice(model: LanguageModel, tokenizer: Tokenizer, records
     if not chosen:
         raise InvalidSpecError("no records to evaluate: an unmeasured metric must not pass a gate",
                                field="records")
-    room = context_limit(model, max_length)
-    items = []  # (continuations, gold, index of the first request)
+    items = []  # (record id, continuations, gold, index of the first request)
     requests: list[tuple[str, str]] = []
-    skipped: list[str] = []
     for record in chosen:
         fmt = template or TEMPLATES.get(record.dataset)
         if fmt is None:
@@ -161,22 +159,26 @@ def evaluate_multiple_choice(model: LanguageModel, tokenizer: Tokenizer, records
         context, continuations, gold = fmt(record)
         if len(continuations) < 2:
             raise InvalidSpecError(f"{record.id}: needs at least two choices", field="choices")
-        if room is not None and any(len(encode_pair(tokenizer, context, c)[1]) > room for c in continuations):
-            skipped.append(record.id)
-            continue
-        items.append((continuations, gold, len(requests)))
+        items.append((record.id, continuations, gold, len(requests)))
         requests.extend((context, c) for c in continuations)
+
+    scored = loglikelihoods(model, tokenizer, requests, max_length=max_length, batch_size=batch_size,
+                            skip_too_long=True)
+    fits = [all(r is not None for r in scored[first:first + len(continuations)])
+            for _, continuations, _, first in items]
+    skipped = [item[0] for item, ok in zip(items, fits) if not ok]
+    items = [item for item, ok in zip(items, fits) if ok]
     if skipped:
+        room = context_limit(model, max_length)
+        if not items:
+            raise InvalidSpecError(f"every one of the {len(chosen)} records has a choice longer than the context "
+                                   f"of {room} tokens: nothing to score (give a longer max_length)",
+                                   field="max_length")
         log.warning("%d of %d records left out: a choice is longer than the context of %d tokens (first: %s)",
                     len(skipped), len(chosen), room, ", ".join(skipped[:3]))
-    if not items:
-        raise InvalidSpecError(f"every one of the {len(chosen)} records has a choice longer than the context of "
-                               f"{room} tokens: nothing to score (give a longer max_length)", field="max_length")
-
-    scored = loglikelihoods(model, tokenizer, requests, max_length=max_length, batch_size=batch_size)
     acc = acc_norm = chance = gold_logprob = 0.0
     gold_tokens = 0
-    for continuations, gold, first in items:
+    for _, continuations, gold, first in items:
         results = scored[first:first + len(continuations)]
         acc += _credit([r.logprob for r in results], gold)
         acc_norm += _credit([r.logprob / _norm_length(c, r.tokens, normalize)
